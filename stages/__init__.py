@@ -1,0 +1,47 @@
+"""One module per DVC stage: read params.yaml, call `pipeline`, write outputs atomically.
+
+The paths below are the contract with dvc.yaml (its `deps` / `outs`); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+LINES = Path("artifacts/lines")  # split -> mask
+MASKED = Path("artifacts/masked")  # mask -> pretrain, evaluate
+MODELS = Path("models")  # pretrain -> models/base, models/adapted (+ models/checkpoints, persisted)
+CHECKPOINTS = MODELS / "checkpoints"
+REPORTS = Path("reports")
+
+MODEL_NAMES = ("base", "adapted")
+
+# Nothing phones home from a stage: the user opts in to W&B uploads (tracking.wandb: online).
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def parser(doc: str, prog: str, model: bool = False) -> argparse.ArgumentParser:
+    """The command line of a stage: its docstring as help; settings come from params.yaml."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Settings are read from params.yaml in the current folder "
+                                       "(see pipeline/config.py for every key). Normally run by `dvc repro`.")
+    if model:
+        p.add_argument("model", choices=MODEL_NAMES, help="which model: models/base or models/adapted")
+    return p
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """Run a stage's main(); known input/params errors end as one line on stderr and exit status 2."""
+    from pipeline.config import ParamsError
+    from pipeline.models import ModelError
+    from pipeline.text import InputError
+
+    try:
+        main(sys.argv[1:])
+    except (ParamsError, InputError, ModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
