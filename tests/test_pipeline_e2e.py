@@ -31,7 +31,13 @@ TINY_PARAMS = {
 
 
 def make_repo(dest: Path, params: dict) -> Path:
-    for name in ("pipeline", "stages", "data"):
+    shutil.copytree(ROOT / "data", dest / "data")
+    return make_repo_with_data(dest, params)
+
+
+def make_repo_with_data(dest: Path, params: dict) -> Path:
+    """A git + DVC repo in `dest` with this project's code, dvc.yaml and `params`; data/ as `dest` has it."""
+    for name in ("pipeline", "stages"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -109,3 +115,34 @@ def test_exp_run_with_new_finetune_lr_reruns_only_what_depends_on_it(repo):
     git(repo, "commit", "-qm", "after repro", "--allow-empty")
     out = run(repo, "dvc", "exp", "run", "-S", "finetune.lr=0.0001")
     assert sorted(stages_run(out)) == ["compare", "finetune@adapted", "finetune@base"], out
+
+
+def test_own_text_folder_and_labeled_jsonl_task_need_no_code_change(tmp_path, tiny_headless):
+    """A user's own .txt folder and classification JSONL task (own column names), set in params.yaml only."""
+    repo = tmp_path / "own"
+    shutil.copytree(ROOT / "data", repo / "data")  # a user's clone ships the demo data too
+    notes = repo / "data" / "mine" / "notes"
+    notes.mkdir(parents=True)
+    words = ["patient", "dose", "daily", "pain", "chest", "mild", "fever", "rest", "scan", "normal", "follow", "up"]
+    for f in range(3):
+        paragraphs = ["\n".join(" ".join(words[(f + d + i + j) % len(words)] for j in range(6 + i % 4))
+                                for i in range(4)) for d in range(12)]
+        (notes / f"note-{f}.txt").write_text("\n\n".join(paragraphs) + "\n")
+    for split, n in (("train", 40), ("dev", 12), ("test", 12)):
+        rows = [{"sentence": f"{words[i % 12]} {words[(i * 5) % 12]} {split} {i}", "category": ["a", "b"][i % 2]}
+                for i in range(n)]
+        write = "".join(json.dumps(r) + "\n" for r in rows)
+        (repo / "data" / "mine" / "task").mkdir(exist_ok=True)
+        (repo / "data" / "mine" / "task" / f"{split}.jsonl").write_text(write)
+    params = {"base_model": str(tiny_headless), **TINY_PARAMS,
+              "split": {"inputs": ["data/mine/notes"], "val_fraction": 0.2}}
+    params["task"] = {"type": "classification", "triplet": {"dir": "data/demo/tasks/song-sections"},
+                      "classification": {"dir": "data/mine/task", "text_field": "sentence",
+                                         "label_field": "category"}}
+    make_repo_with_data(repo, params)
+    out = run(repo, "dvc", "repro")
+    assert len(stages_run(out)) == 8, out
+    compare = json.loads((repo / "reports" / "compare.json").read_text())
+    assert compare["downstream"]["task"] == "classification" and "macro_f1" in compare["downstream"]["metrics"]
+    split_stats = json.loads((repo / "artifacts" / "lines" / "stats.json").read_text())
+    assert split_stats["files"] == 3
