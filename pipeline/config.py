@@ -68,7 +68,8 @@ class PretrainParams(Section):
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: Int | Literal["auto"] = "auto"
+    devices: Int | Literal["auto"] = "auto"  # per node; "auto" = every GPU, else one CPU process
+    num_nodes: Int = Field(1, ge=1)  # machines (SLURM / torchrun launch one process per device on each)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     threads: Int = Field(0, ge=0)  # torch CPU threads; 0 = leave torch's default
     log_every: Int = Field(5, ge=1)  # steps between recorded train-loss points

@@ -54,7 +54,8 @@ def main(argv: list[str]) -> None:
     config = {"base_model": params.base_model, "pretrain": p.model_dump(), "mask": params.mask.model_dump()}
     logger = wandb_logger(params.tracking, "pretrain", "pretrain", ["adapted"], config)
     trainer = pl.Trainer(
-        max_steps=p.max_steps, max_epochs=-1, accelerator=p.accelerator, devices=p.devices, precision=precision,
+        max_steps=p.max_steps, max_epochs=-1, accelerator=p.accelerator, devices=p.devices, num_nodes=p.num_nodes,
+        precision=precision,
         gradient_clip_val=p.grad_clip or None, log_every_n_steps=p.log_every, logger=logger or False,
         callbacks=[curves, ModelCheckpoint(dirpath=CHECKPOINTS, save_last=True, save_top_k=0,
                                            every_n_train_steps=p.checkpoint_every)],
