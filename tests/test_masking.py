@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from pipeline.masking import IGNORE, MaskSpec, mask_lines, uniform
+from pipeline.masking import IGNORE, MaskSpec, mask_batch, mask_lines, targets, uniform
 
 VOCAB = 1000
 SPECIAL = np.array([0, 1, 2, 3, 4])
@@ -185,3 +186,180 @@ def test_uniform_broadcasts_like_elementwise_calls():
     assert grid.shape == (2, 3)
     assert grid[1, 2] == uniform(5, 5, 30)
     assert grid[0, 1] == uniform(5, 1, 20)
+
+
+# --- whole-word masking --------------------------------------------------------------------------------------
+
+WWM = MaskSpec(mask_id=MASK, special_ids=SPECIAL, random_ids=np.arange(5, VOCAB), whole_word=True)
+
+
+def make_words(ids: np.ndarray, offsets: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Word ids per token: words of 1-4 pieces, numbered from 0 in each line; -1 on [CLS]/[SEP]."""
+    rng = np.random.default_rng(seed)
+    word_ids = np.full(len(ids), -1, dtype=np.int32)
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        sizes = rng.integers(1, 5, size=b - a)
+        word_ids[a + 1:b - 1] = np.repeat(np.arange(len(sizes)), sizes)[: b - a - 2]
+    return word_ids
+
+
+@pytest.fixture(scope="module")
+def words_corpus():
+    ids, offsets = make_corpus(seed=11)
+    word_ids = make_words(ids, offsets)
+    out, labels = mask_lines(ids, offsets, np.arange(len(offsets) - 1), 0, 99, WWM, word_ids)
+    return ids, offsets, word_ids, out, labels
+
+
+def word_groups(offsets, word_ids):
+    """(line, word id) -> a group number per token, -1 for tokens outside words."""
+    line = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    return np.where(word_ids >= 0, line * 10_000 + word_ids, -1)
+
+
+def test_whole_word_never_masks_part_of_a_word(words_corpus):
+    ids, offsets, word_ids, _, labels = words_corpus
+    assert len(ids) >= 1_000_000
+    group = word_groups(offsets, word_ids)
+    chosen = labels != IGNORE
+    inside = group >= 0
+    g, inv = np.unique(group[inside], return_inverse=True)
+    chosen_per_word = np.bincount(inv, weights=chosen[inside])
+    size = np.bincount(inv)
+    partial = (chosen_per_word > 0) & (chosen_per_word < size)
+    # a word holding a special id (the corpus has interior [UNK]/[PAD]/[MASK]) is never chosen
+    has_special = np.bincount(inv, weights=np.isin(ids[inside], SPECIAL)) > 0
+    assert not partial.any(), f"{partial.sum()} words partly masked"
+    assert chosen_per_word[has_special].sum() == 0
+    assert (chosen_per_word == size).sum() > 50_000  # many words were masked, whole
+
+
+def test_whole_word_masked_fraction_and_split(words_corpus):
+    ids, offsets, word_ids, out, labels = words_corpus
+    target = ~np.isin(ids, SPECIAL)
+    chosen = labels != IGNORE
+    # words free of special ids are the targets; the expected count per line is p * targets
+    group = word_groups(offsets, word_ids)
+    inside = group >= 0
+    _, inv = np.unique(group[inside], return_inverse=True)
+    clean = (np.bincount(inv, weights=np.isin(ids[inside], SPECIAL)) == 0)[inv]
+    ok = np.zeros(len(ids), bool)
+    ok[np.flatnonzero(inside)[clean]] = True
+    assert (chosen & ~ok).sum() == 0 and (chosen & ~target).sum() == 0
+    # Unbiased wherever the one-word-at-least rule cannot bind (p * targets >= the longest word, 4 pieces);
+    # on shorter lines a first word longer than the budget is still taken, so overall it is a little above p.
+    line = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    n_ok = np.bincount(line, weights=ok, minlength=len(offsets) - 1)
+    long = (0.15 * n_ok >= 4)[line]
+    assert long.sum() > 500_000
+    assert abs(chosen[long].sum() / ok[long].sum() - 0.15) < 0.003
+    assert 0.15 < chosen.sum() / ok.sum() < 0.165
+    n = chosen.sum()
+    assert abs((chosen & (out == MASK)).sum() / n - 0.8) < 0.01
+    assert abs((chosen & (out == ids)).sum() / n - 0.1) < 0.01
+
+
+def test_whole_word_every_line_with_a_clean_word_gets_one(words_corpus):
+    ids, offsets, word_ids, _, labels = words_corpus
+    ok = targets(ids, offsets, WWM, word_ids)
+    starts = offsets[:-1]
+    has_ok = np.add.reduceat(ok.astype(np.int64), starts) > 0
+    masked = np.add.reduceat((labels != IGNORE).astype(np.int64), starts)
+    assert (masked[has_ok] >= 1).all() and (masked[~has_ok] == 0).all()
+
+
+def test_whole_word_is_batch_independent(words_corpus):
+    ids, offsets, word_ids, out, labels = words_corpus
+    a, b = offsets[300], offsets[700]
+    sub_out, sub_labels = mask_lines(ids[a:b], offsets[300:701] - a, np.arange(300, 700), 0, 99, WWM, word_ids[a:b])
+    np.testing.assert_array_equal(sub_labels, labels[a:b])
+    np.testing.assert_array_equal(sub_out, out[a:b])
+
+
+def test_whole_word_without_word_ids_is_an_error():
+    ids, offsets = make_corpus(min_tokens=100, seed=1)
+    with pytest.raises(ValueError, match="word id"):
+        mask_lines(ids, offsets, np.arange(len(offsets) - 1), 0, 0, WWM)
+
+
+def test_single_piece_words_mask_like_tokens_on_average():
+    ids, offsets = make_corpus(min_tokens=300_000, seed=4)
+    line = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    word_ids = (np.arange(len(ids)) - offsets[line]).astype(np.int32)  # every token its own word
+    _, labels = mask_lines(ids, offsets, np.arange(len(offsets) - 1), 0, 5, WWM, word_ids)
+    _, token_labels = mask_lines(ids, offsets, np.arange(len(offsets) - 1), 0, 5, SPEC)
+    assert abs((labels != IGNORE).sum() / (token_labels != IGNORE).sum() - 1) < 0.01
+
+
+# --- the collator API and the spec file ----------------------------------------------------------------------
+
+
+def as_list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32)))
+
+
+def test_mask_batch_is_mask_lines_in_arrow(corpus):
+    ids, offsets, out, labels = corpus
+    n = 3000
+    column = as_list_array(ids[: offsets[n]], offsets[: n + 1])
+    got_ids, got_labels = mask_batch(column, np.arange(n), 0, 1234, SPEC)
+    assert got_ids.type == got_labels.type == pa.list_(pa.int32())
+    np.testing.assert_array_equal(got_ids.values.to_numpy(), out[: offsets[n]])
+    np.testing.assert_array_equal(got_labels.values.to_numpy(), labels[: offsets[n]])
+    np.testing.assert_array_equal(got_ids.offsets.to_numpy(), offsets[: n + 1])
+
+
+def test_dynamic_epoch_e_is_static_copy_e_on_any_rows(corpus):
+    """A collator taking rows in any order, sliced out of a table, gets the stored copy's mask for epoch = copy."""
+    ids, offsets, _, _ = corpus
+    n = 2000
+    table = pa.table({"input_ids": as_list_array(ids[: offsets[n]], offsets[: n + 1]), "line": np.arange(n) + 500})
+    rows = np.random.default_rng(0).permutation(n)[:300]
+    for epoch in (0, 3):
+        full_ids, full_labels = mask_batch(table.column("input_ids"), table.column("line").to_numpy(), epoch, 8, SPEC)
+        picked = table.take(pa.array(rows))
+        got_ids, got_labels = mask_batch(picked.column("input_ids"), picked.column("line").to_numpy(), epoch, 8,
+                                         SPEC)
+        assert got_labels.to_pylist() == full_labels.take(pa.array(rows)).to_pylist()
+        assert got_ids.to_pylist() == full_ids.take(pa.array(rows)).to_pylist()
+    a = mask_batch(table.column("input_ids"), table.column("line").to_numpy(), 0, 8, SPEC)[1]
+    b = mask_batch(table.column("input_ids"), table.column("line").to_numpy(), 1, 8, SPEC)[1]
+    assert a.to_pylist() != b.to_pylist()
+
+
+def test_mask_batch_whole_word_uses_word_ids(words_corpus):
+    ids, offsets, word_ids, out, labels = words_corpus
+    n = 500
+    got_ids, got_labels = mask_batch(as_list_array(ids[: offsets[n]], offsets[: n + 1]), np.arange(n), 0, 99, WWM,
+                                     word_ids=as_list_array(word_ids[: offsets[n]], offsets[: n + 1]))
+    np.testing.assert_array_equal(got_labels.values.to_numpy(), labels[: offsets[n]])
+
+
+def test_spec_json_round_trip():
+    spec = MaskSpec(mask_id=4, special_ids=[0, 1, 2, 3, 4, 77], random_ids=[i for i in range(5, 300) if i != 77],
+                    probability=0.2, mask_replace=0.7, random_replace=0.2, whole_word=True)
+    text = spec.to_json()
+    assert len(text) < 1000  # random ids are stored as ranges
+    back = MaskSpec.from_json(text)
+    assert back.to_json() == text
+    np.testing.assert_array_equal(back.random_ids, spec.random_ids)
+    np.testing.assert_array_equal(back.special_ids, spec.special_ids)
+    assert (back.mask_id, back.probability, back.whole_word, back.vocab_size) == (4, 0.2, True, 300)
+    ids, offsets = make_corpus(min_tokens=20_000, seed=2)
+    ids %= 300
+    words = make_words(ids, offsets)
+    lines = np.arange(len(offsets) - 1)
+    for x, y in zip(mask_lines(ids, offsets, lines, 1, 3, spec, words), mask_lines(ids, offsets, lines, 1, 3, back,
+                                                                                   words)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_token_id_outside_the_vocabulary_is_an_error():
+    ids = np.array([CLS, 5, VOCAB, SEP])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        mask_lines(ids, np.array([0, 4]), np.arange(1), 0, 0, SPEC)
+
+
+def test_empty_batch():
+    out, labels = mask_lines(np.zeros(0, np.int32), np.array([0]), np.zeros(0, np.int64), 0, 0, SPEC)
+    assert out.shape == labels.shape == (0,)
