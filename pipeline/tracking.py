@@ -1,7 +1,9 @@
 """What a run records: loss curves for DVC plots and the report, and (optionally) a W&B run.
 
 W&B is offline unless params (`tracking.wandb: online`) or the environment (WANDB_MODE) say otherwise; the
-API key only ever comes from the environment. Offline runs land in `wandb/` and upload with `wandb sync`.
+API key only ever comes from the environment. Offline runs land in `wandb/offline-run-*` and upload with
+`wandb sync`. Every run of one experiment shares a group (the DVC experiment's name); `job_type` says which
+stage wrote it (pretrain / finetune / compare) and the tags which model (base / adapted).
 """
 
 from __future__ import annotations
@@ -53,19 +55,74 @@ def wandb_group(tracking: TrackingParams) -> str:
     return tracking.group or os.environ.get("DVC_EXP_NAME") or "workspace"
 
 
+def wandb_mode(tracking: TrackingParams) -> str:
+    """offline / online / disabled: WANDB_MODE in the environment wins over params (CI and tests set it)."""
+    mode = os.environ.get("WANDB_MODE") or tracking.wandb
+    return mode if mode in ("online", "disabled") else "offline"
+
+
 def wandb_logger(tracking: TrackingParams, name: str, job_type: str, tags: list[str], config: dict):
     """A Lightning WandbLogger, or None when tracking is disabled. Close it with `finish_wandb`."""
-    mode = os.environ.get("WANDB_MODE") or tracking.wandb
+    mode = wandb_mode(tracking)
     if mode == "disabled":
         return None
     from pytorch_lightning.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(WANDB_DIR).mkdir(exist_ok=True)
+    # save_dir is the folder *holding* wandb/: runs land in ./wandb/offline-run-*, where `wandb sync` looks.
+    # Absolute: W&B's background service, shared by the runs of one process, resolves paths from its own cwd.
     return WandbLogger(project=tracking.project, name=name, group=wandb_group(tracking), job_type=job_type,
-                       tags=tags, config=config, offline=mode != "online", save_dir=WANDB_DIR, log_model=False)
+                       tags=tags, config=config, offline=mode != "online", save_dir=str(Path.cwd()),
+                       log_model=False)
 
 
-def finish_wandb(logger) -> None:
-    if logger is not None:
-        logger.experiment.finish()
+def wandb_run(tracking: TrackingParams, name: str, job_type: str, tags: list[str], config: dict):
+    """A plain W&B run for a stage without a Lightning Trainer (compare), or None when tracking is disabled."""
+    mode = wandb_mode(tracking)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    Path(WANDB_DIR).mkdir(exist_ok=True)
+    return wandb.init(project=tracking.project, name=name, group=wandb_group(tracking), job_type=job_type,
+                      tags=tags, config=config, mode=mode, dir=str(Path.cwd()))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts -> {"a/b/c": scalar}: W&B groups summary keys by their '/' sections. Lists and None drop."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+    return out
+
+
+def set_summary(run, metrics: dict) -> None:
+    """Set a run's summary (the numbers W&B tables and group comparisons show); `run` is a WandbLogger, a
+    W&B run or None (tracking disabled)."""
+    if run is not None:
+        getattr(run, "experiment", run).summary.update(flatten(metrics))
+
+
+def finish_wandb(run) -> None:
+    """Close a WandbLogger or W&B run (None: tracking disabled)."""
+    if run is not None:
+        getattr(run, "experiment", run).finish()
+
+
+def log_comparison(tracking: TrackingParams, compare: dict, report: str | Path) -> None:
+    """The compare stage's W&B run: every statistic of compare.json in its summary, and the report page."""
+    run = wandb_run(tracking, "compare", "compare", ["base", "adapted"],
+                    {"seeds": compare["downstream"]["seeds"], "task": compare["downstream"]["task"]})
+    if run is None:
+        return
+    import wandb
+
+    set_summary(run, compare)
+    run.log({"report": wandb.Html(str(report), inject=False)})  # inject=False: no stylesheet from W&B's CDN
+    finish_wandb(run)
