@@ -3,6 +3,8 @@
     dapt split | mask | pretrain | compare        run one stage with params.yaml (normally `dvc repro` does)
     dapt evaluate {base,adapted}                  held-out masked-LM figures of one model
     dapt finetune {base,adapted}                  downstream fine-tuning of one model over the seeds
+    dapt predict --model DIR TEXT...              label + probabilities from a fine-tuned model
+    dapt embed --model DIR --input F --output P   sentence (and token) vectors to Parquet
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ STAGES = {
     "pretrain": "second masked-LM pass of the base model (Lightning)",
     "evaluate": "held-out MLM loss / perplexity / accuracy of base or adapted",
     "finetune": "downstream fine-tuning of base or adapted over the seeds",
+    "predict": "label and probabilities of texts from a fine-tuned model",
+    "embed": "pooled (and per-token) vectors of a file's texts -> Parquet",
     "compare": "base vs adapted statistics -> reports/compare.json + report.html",
 }
 
