@@ -83,16 +83,30 @@ class EvaluateParams(Section):
 
 
 class TripletTask(Section):
+    """Rows are either explicit triplets (anchor, positive, negative columns) or, with `mining: batch_hard`,
+    labeled texts (text, label): training then uses the hardest positive and negative within each batch, and
+    dev/test are scored on fixed triplets drawn once from their own rows (the same for every model and seed)."""
+
     dir: str = "data/demo/tasks/song-sections"
     anchor_field: str = "anchor"
     positive_field: str = "positive"
     negative_field: str = "negative"
+    mining: Literal["none", "batch_hard"] = "none"
+    text_field: str = "text"  # batch_hard only
+    label_field: str = "label"  # batch_hard only
+    texts_per_label: Int = Field(2, ge=2)  # batch_hard: texts of one label placed together in a batch
+
+
+ClassWeight = Annotated[float, Field(gt=0)]
 
 
 class ClassificationTask(Section):
     dir: str = "data/demo/tasks/fortune-category"
     text_field: str = "text"
+    text_pair_field: str = ""  # a second text column (premise / hypothesis, as in MNLI); empty = single texts
     label_field: str = "label"
+    # "auto": weight n / (classes * count) from the train split (rare classes count more); or {label: weight}
+    class_weights: Literal["none", "auto"] | dict[str | int, ClassWeight] = "none"
 
 
 class TaskParams(Section):
@@ -117,32 +131,30 @@ class FinetuneParams(Section):
     pooling: Literal["mean", "cls"] = "mean"
     distance: Literal["cosine", "euclidean"] = "cosine"  # triplet only
     margin: float = Field(0.5, gt=0)  # triplet only
+    # full: every layer trains. frozen: the encoder is frozen, its pooled features are computed once per model
+    # and cached, and only a head on top trains (classification: the classifier; triplet: a projection).
+    mode: Literal["full", "frozen"] = "full"
+    unfreeze_after: Int = Field(0, ge=0)  # frozen only: train everything after this many epochs; 0 = never
+    head: Literal["linear", "mlp"] = "linear"  # mlp: one hidden layer (GELU) before the output
+    head_lr: float = Field(1e-3, gt=0)  # lr while the encoder is frozen (only the head trains then)
+    patience: Int = Field(0, ge=0)  # early stopping: stop after this many epochs without a lower dev loss; 0 = off
+    save_model: bool = False  # write the best seed's model to models/finetuned/<model> (for `dapt predict`)
     max_train_rows: Int = Field(0, ge=0)  # 0 = all rows; a cap keeps CPU runs short
     threads: Int = Field(0, ge=0)
-    """Rows are either explicit triplets (anchor, positive, negative columns) or, with `mining: batch_hard`,
-    labeled texts (text, label): training then uses the hardest positive and negative within each batch, and
-    dev/test are scored on fixed triplets drawn once from their own rows (the same for every model and seed)."""
-
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneParams:
         if len(set(self.seeds)) != len(self.seeds):
-    mining: Literal["none", "batch_hard"] = "none"
-    text_field: str = "text"  # batch_hard only
-    label_field: str = "label"  # batch_hard only
-    texts_per_label: Int = Field(2, ge=2)  # batch_hard: texts of one label placed together in a batch
-
-
-ClassWeight = Annotated[float, Field(gt=0)]
             raise ValueError(f"seeds = {self.seeds}: must be distinct")
+        if self.unfreeze_after and self.mode != "frozen":
+            raise ValueError(f"unfreeze_after = {self.unfreeze_after} needs mode: frozen (mode: full never freezes)")
+        if self.unfreeze_after >= self.epochs:
+            raise ValueError(f"unfreeze_after = {self.unfreeze_after} must be below epochs = {self.epochs}")
         return self
 
 
 class TrackingParams(Section):
-    text_pair_field: str = ""  # a second text column (premise / hypothesis, as in MNLI); empty = single texts
     wandb: Literal["offline", "online", "disabled"] = "offline"
-    # "auto": weight n / (classes * count) from the train split (rare classes count more); or {label: weight}
-    class_weights: Literal["none", "auto"] | dict[str | int, ClassWeight] = "none"
     project: str = "dapt"
     group: str = ""  # W&B group; empty = the experiment's name, else "default"
 
@@ -166,14 +178,6 @@ def _one_line(err: ValidationError, raw: dict[str, Any], source: str) -> str:
     path, value = [], raw
     for part in errors[0]["loc"]:
         if not (isinstance(value, dict) and part in value):
-    # full: every layer trains. frozen: the encoder is frozen, its pooled features are computed once per model
-    # and cached, and only a head on top trains (classification: the classifier; triplet: a projection).
-    mode: Literal["full", "frozen"] = "full"
-    unfreeze_after: Int = Field(0, ge=0)  # frozen only: train everything after this many epochs; 0 = never
-    head: Literal["linear", "mlp"] = "linear"  # mlp: one hidden layer (GELU) before the output
-    head_lr: float = Field(1e-3, gt=0)  # lr while the encoder is frozen (only the head trains then)
-    patience: Int = Field(0, ge=0)  # early stopping: stop after this many epochs without a lower dev loss; 0 = off
-    save_model: bool = False  # write the best seed's model to models/finetuned/<model> (for `dapt predict`)
             break
         path.append(str(part))
         value = value[part]
@@ -181,10 +185,6 @@ def _one_line(err: ValidationError, raw: dict[str, Any], source: str) -> str:
     if errors[0]["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}' (misspelt? the allowed keys are in pipeline/config.py)"
     # A value failing every branch of a union gets one message per branch: join them.
-        if self.unfreeze_after and self.mode != "frozen":
-            raise ValueError(f"unfreeze_after = {self.unfreeze_after} needs mode: frozen (mode: full never freezes)")
-        if self.unfreeze_after >= self.epochs:
-            raise ValueError(f"unfreeze_after = {self.unfreeze_after} must be below epochs = {self.epochs}")
     here = errors[0]["loc"][: len(path)]
     same = [e["msg"].removeprefix("Value error, ") for e in errors if e["loc"][: len(path)] == here]
     msg = " or ".join(dict.fromkeys(same)) if len(same) > 1 else same[0]
