@@ -129,6 +129,11 @@ def headline(compare: dict) -> list[str]:
                     f"; the base was scored with a head warmed up for {mlm['base_head_warmup_steps']} steps."
                     if mlm.get("base_head_warmup_steps") else "."))
     lines.append(trust(d, seeds))
+    t = m.get("test_set")
+    if t and t["verdict"] != d["verdict"]:
+        why = ("the test set is too small to settle it on its own" if t["verdict"] not in (BETTER, WORSE) else
+               "the difference stands out from the test set's noise but not from the seeds' spread")
+        lines.append(f"Resampling the {t['n']} test examples instead gives 95% CI {ci(t)} → {t['verdict']}: {why}.")
     return lines
 
 
@@ -226,6 +231,9 @@ def fill_mask_section(fill_mask: dict | None) -> list[str]:
                 (f"<b>{html.escape(tok)}</b>" if tok == r["target"] else html.escape(tok)) + f" {p:.2f}"
                 for tok, p in r["top10"][:FILL_MASK_TOP]))
         rows.append([html.escape(b["text"]), f"<b>{html.escape(b['target'])}</b>", *cells])
+    if not rows:
+        return out + ["<p>No held-out line to show (evaluate.fill_mask_lines is 0, or no line had a masked "
+                      "token).</p>"]
     return out + [f"<p>The top {FILL_MASK_TOP} predictions (probability) for one masked token per held-out line; "
                   "the true token in bold.</p>", table(["masked line", "target", "base", "adapted"], rows, "fill")]
 

@@ -102,6 +102,18 @@ def test_headline_words():
     few = headline(make_compare(seeds=(1, 2)))
     assert few[0].startswith("Too little evidence to tell whether adapting helped")
     assert "95% CI" not in few[0] and "at least 3" in few[2]
+    assert len(better) == 3
+    disagree = make_compare()
+    disagree["downstream"]["metrics"]["accuracy"]["test_set"] = {
+        "mean": 0.05, "n": 80, "method": "test-set", "ci95_low": -0.01, "ci95_high": 0.11,
+        "verdict": "no significant difference"}
+    assert headline(disagree)[3] == ("Resampling the 80 test examples instead gives 95% CI [-0.0100, 0.1100] → no "
+                                     "significant difference: the test set is too small to settle it on its own.")
+    spread = make_compare(accuracy=(0.72, 0.70, 0.70))
+    spread["downstream"]["metrics"]["accuracy"]["test_set"] = {
+        "mean": 0.003, "n": 5000, "method": "test-set", "ci95_low": 0.001, "ci95_high": 0.005, "verdict": "better"}
+    assert headline(spread)[3].endswith("→ better: the difference stands out from the test set's noise but not "
+                                        "from the seeds' spread.")
     assert headline(make_compare(untrained=True))[1].endswith("; the base was scored with an untrained MLM head.")
     assert headline(make_compare(warmup=200))[1].endswith("; the base was scored with a head warmed up for 200 steps.")
 
@@ -179,6 +191,8 @@ def test_fill_mask_section_joins_lines():
     assert "<td>a [MASK] &lt;b&gt;</td><td><b>cat</b></td><td>dog 0.50<br><b>cat</b> 0.25</td>" in html
     assert "t4 0.10</td>" in html and "t5" not in html  # the top five only
     assert "only in base" not in html  # a line must be in both to be compared
+    empty = "".join(fill_mask_section({"base": {"rows": []}, "adapted": {"rows": []}}))
+    assert "No held-out line to show" in empty and "<table" not in empty
 
 
 def test_data_section_leakage_words():
