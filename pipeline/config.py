@@ -30,15 +30,23 @@ class Section(BaseModel):
 class SplitParams(Section):
     inputs: list[str] = Field(default_factory=lambda: ["data/demo/corpus"], min_length=1)
     text_field: str = "text"  # the column holding the text in .jsonl / .csv / .parquet inputs
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    min_chars: Int = Field(1, ge=1)
-    max_chars: Int = Field(2000, ge=1)
-    encoding_errors: Literal["replace", "strict"] = "replace"
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # share of documents held out (by document, seeded)
+    min_chars: Int = Field(1, ge=1)  # clean lines shorter than this are dropped (too_short)
+    max_chars: Int = Field(2000, ge=1, le=4_000_000)  # ... longer than this too (too_long)
+    encoding_errors: Literal["replace", "strict"] = "replace"  # invalid UTF-8: U+FFFD and counted, or fail
+    bad_records: Literal["fail", "skip"] = "fail"  # a JSONL/CSV/Parquet record without usable text
+    # Also drop corpus lines sharing any run of this many words (lowercased, punctuation ignored) with a
+    # downstream dev/test text; 0 = only drop exact copies of dev/test lines.
+    leak_ngram: Int = Field(0, ge=0)
+    shard_lines: Int = Field(1_000_000, ge=1)  # lines per Arrow shard
 
     @model_validator(mode="after")
     def _lengths(self) -> SplitParams:
         if self.max_chars < self.min_chars:
             raise ValueError(f"max_chars = {self.max_chars} is below min_chars = {self.min_chars}")
+        if 0 < self.leak_ngram < 3:
+            raise ValueError(f"leak_ngram = {self.leak_ngram}: use 0 (off) or at least 3 (shorter runs of words "
+                             "are shared by unrelated texts)")
         return self
 
 
@@ -47,9 +55,13 @@ class MaskParams(Section):
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     mask_replace: float = Field(0.8, ge=0, le=1)  # share of chosen tokens replaced by [MASK]
     random_replace: float = Field(0.1, ge=0, le=1)  # ... by a random token; the rest keep their token
-    dupe_factor: Int = Field(4, ge=1)  # copies of the training lines, each with its own mask
+    dupe_factor: Int = Field(4, ge=1)  # copies of the training lines, each with its own mask (static mode)
+    # static: dupe_factor masked copies stored in the train shards. dynamic: the train shards hold the unmasked
+    # ids and the training loader masks each epoch afresh with the same function (val is always static).
+    mode: Literal["static", "dynamic"] = "static"
+    whole_word: bool = False  # mask whole words (every piece of a word, from the tokenizer's word ids)
     shard_lines: Int = Field(100_000, ge=1)  # masked lines per Arrow shard
-    num_proc: Int = Field(1, ge=1)  # tokenizer processes
+    num_proc: Int = Field(0, ge=0)  # tokenizer processes; 0 = one per CPU core
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> MaskParams:

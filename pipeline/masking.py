@@ -22,7 +22,7 @@ _M1, _M2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S_COUNT, _S_SCORE, _S_REPLACE = np.uint64(0x243F6A8885A308D3), np.uint64(0x13198A2E03707344), np.uint64(0xA4093822)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer: a bijective 64-bit hash with good avalanche."""
     x = (x ^ (x >> np.uint64(30))) * _M1
     x = (x ^ (x >> np.uint64(27))) * _M2
@@ -34,7 +34,7 @@ def hash64(*keys: np.ndarray | int) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = np.uint64(0)
         for key in keys:
-            h = _mix(h + np.asarray(key).astype(np.uint64) * _GOLDEN + _GOLDEN)
+            h = mix64(h + np.asarray(key).astype(np.uint64) * _GOLDEN + _GOLDEN)
     return h
 
 
@@ -158,7 +158,7 @@ def mask_lines(ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, copy: in
     with np.errstate(over="ignore"):
         h_line = hash64(seed, np.asarray(lines, dtype=np.int64), copy)
         n_ok = np.bincount(line_of[ok].astype(np.int64), minlength=n_lines)
-        k = np.floor(spec.probability * n_ok + _unit(_mix(h_line ^ _S_COUNT))).astype(np.int64)
+        k = np.floor(spec.probability * n_ok + _unit(mix64(h_line ^ _S_COUNT))).astype(np.int64)
         k = np.minimum(np.maximum(k, 1), n_ok)[line_of.astype(np.int64)]
         h_tok = h_line[line_of.astype(np.int64)]
         if spec.whole_word:  # a unit is a word; its key is its index within the line (batch-independent)
@@ -166,7 +166,7 @@ def mask_lines(ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, copy: in
             key = unit - np.repeat(unit[np.minimum(offsets[:-1], max(n - 1, 0))], lengths) if n else unit
         else:
             unit = key = pos
-        score = _mix((h_tok ^ _S_SCORE) + (key.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+        score = mix64((h_tok ^ _S_SCORE) + (key.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
         # Sort by (line, score): one stable radix-friendly key; non-targets sort last in their line.
         top = np.where(ok, score >> np.uint64(24), np.uint64((1 << 40) - 1))
         order = np.argsort((line_of << np.uint64(40)) | top, kind="stable")
@@ -189,11 +189,11 @@ def mask_lines(ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, copy: in
     out = ids.astype(np.int32, copy=True)
     where = np.flatnonzero(chosen)
     with np.errstate(over="ignore"):
-        h_rep = _mix((h_tok[where] ^ _S_REPLACE) + pos[where].astype(np.uint64) * _GOLDEN)
+        h_rep = mix64((h_tok[where] ^ _S_REPLACE) + pos[where].astype(np.uint64) * _GOLDEN)
     r = _unit(h_rep)
     out[where[r < spec.mask_replace]] = spec.mask_id
     to_random = (r >= spec.mask_replace) & (r < spec.mask_replace + spec.random_replace)
-    pick = (_unit(_mix(h_rep[to_random])) * len(spec.random_ids)).astype(np.int64)
+    pick = (_unit(mix64(h_rep[to_random])) * len(spec.random_ids)).astype(np.int64)
     out[where[to_random]] = spec.random_ids[pick]
     return out, labels
 

@@ -6,26 +6,35 @@ memory-maps, so a 100 GB corpus costs address space, not RAM.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
 
 
 class ShardWriter:
-    """Append record batches; a new shard file starts every `rows_per_shard` rows."""
+    """Append record batches; a new shard file starts every `rows_per_shard` rows.
+
+    A shard is written under a hidden temporary name and renamed when complete, so a shard with its final
+    name is always whole (the stage's output folder as a whole is renamed into place the same way)."""
 
     def __init__(self, folder: Path, prefix: str, schema: pa.Schema, rows_per_shard: int):
         self.folder, self.prefix, self.schema, self.rows_per_shard = Path(folder), prefix, schema, rows_per_shard
         self.paths: list[Path] = []
         self.rows = 0
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._sink: pa.OSFile | None = None
         self._in_shard = 0
+
+    def _tmp(self, path: Path) -> Path:
+        return path.with_name(f".{path.name}.tmp")
 
     def _next_shard(self) -> None:
         self.close()
         path = self.folder / f"{self.prefix}-{len(self.paths):05d}.arrow"
         self.paths.append(path)
-        self._writer = pa.ipc.new_stream(str(path), self.schema)
+        self._sink = pa.OSFile(str(self._tmp(path)), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, self.schema)
         self._in_shard = 0
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -44,7 +53,9 @@ class ShardWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            self._writer = None
+            self._sink.close()
+            os.replace(self._tmp(self.paths[-1]), self.paths[-1])
+            self._writer = self._sink = None
 
     def finish(self) -> list[Path]:
         """Close the last shard; an empty split still gets one (empty) shard so readers see the schema."""

@@ -7,6 +7,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipeline.config import SplitParams
@@ -179,7 +181,7 @@ def test_shards_schema_and_order(tmp_path):
     for split in ("train", "val"):
         table = read_shards(out, split)
         assert table.schema.equals(LINES_SCHEMA)
-        assert table.column_names == ["text", "source", "line_no", "doc"]
+        assert table.column_names == ["text", "source", "line_no", "doc", "section"]
         line_nos = table.column("line_no").to_pylist()
         assert line_nos == sorted(line_nos)  # file order is kept within a split
         for r in table.to_pylist():
@@ -228,3 +230,73 @@ def test_missing_input_raises_input_error(tmp_path):
     out.mkdir()
     with pytest.raises(InputError, match="^in/none.txt: no such file"):
         split_corpus(SplitParams(inputs=["in/none.txt"]), out, seed=0, root=tmp_path)
+
+
+# --- disk-backed de-duplication, n-gram leaks, stats ----------------------------------------------------------
+
+
+def test_dedup_matches_a_set_based_reference(tmp_path):
+    """Many duplicates within and across files: the bucketed dedup keeps exactly the first occurrences."""
+    rng = np.random.default_rng(3)
+    pool = [f"pool line {i} with words" for i in range(3000)]
+    reference, seen = [], set()
+    for f in range(3):
+        picks = rng.integers(0, len(pool), 4000)
+        text = "\n\n".join(pool[i] + (" " if rng.random() < 0.1 else "") for i in picks)  # trailing space: same line
+        write(tmp_path / "in" / f"part{f}.txt", text + "\n")
+        for i in picks:
+            if pool[i] not in seen:
+                seen.add(pool[i])
+                reference.append(pool[i])
+    out = tmp_path / "out"
+    out.mkdir()
+    stats = split_corpus(SplitParams(inputs=["in"], val_fraction=0.2), out, seed=1, root=tmp_path)
+    kept = read_shards(out, "train").to_pylist() + read_shards(out, "val").to_pylist()
+    order = {(r["source"], r["line_no"]): r["text"] for r in kept}
+    got = [order[k] for k in sorted(order, key=lambda k: (k[0], k[1]))]
+    assert got == reference
+    assert stats["dropped"] == {"duplicate": 12000 - len(reference)}
+    assert not (out / ".split-work").exists()
+
+
+def test_line_hashes_are_distinct_and_stable():
+    from pipeline.corpus import line_hashes
+
+    texts = pa.array([f"line {i}" for i in range(100_000)] + ["line 7"])
+    hi, lo = line_hashes(texts)
+    assert len(set(zip(hi.tolist(), lo.tolist()))) == 100_000
+    assert (hi[7], lo[7]) == (hi[-1], lo[-1])
+    again = line_hashes(pa.array(["line 7"]))
+    assert (again[0][0], again[1][0]) == (hi[7], lo[7])
+
+
+def test_ngram_leak_check(tmp_path):
+    lines = ["the quick brown fox jumps over the lazy dog today",  # shares 5 words with the dev text
+             "The Quick, Brown fox JUMPS over!",  # the same 5-gram: case and punctuation ignored
+             "a quick brown fox of another kind",  # only 3 words in a row
+             "completely unrelated words in this line here"]
+    write(tmp_path / "in" / "c.txt", "\n\n".join(lines + [f"filler line {i}" for i in range(40)]) + "\n")
+    dev = ["yesterday the quick brown fox jumps over a fence"]
+    for n, expected in ((0, 0), (5, 2), (6, 2), (7, 0), (3, 3)):
+        out = tmp_path / f"out{n}"
+        out.mkdir()
+        stats = split_corpus(SplitParams(inputs=["in"], val_fraction=0.3, leak_ngram=n), out, seed=2,
+                             leak_texts=dev, root=tmp_path)
+        assert stats["dropped"].get("leaked_ngram", 0) == expected, n
+        assert stats["leak_check"] == {"task_lines": 1, "ngram": n}
+
+
+def test_stats_add_up_and_count_documents(mixed, tmp_path):
+    write(mixed / "in" / "empty.txt", "")
+    write(mixed / "in" / "blank.txt", "\n \n\t\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    stats = split_corpus(SplitParams(inputs=["in"], min_chars=3, max_chars=40, val_fraction=0.5), out, seed=3,
+                         leak_texts=["secret dev sentence"], root=mixed)
+    assert stats["files"] == 4 and stats["empty_files"] == 2
+    assert stats["blank_lines"] == 2 + 3  # two in a.txt, three in blank.txt
+    assert sum(stats["lines_out"].values()) + sum(stats["dropped"].values()) == stats["lines_in"]
+    kept = all_rows(out)
+    for split, rs in kept.items():
+        assert stats["documents_out"][split] == len({(r["source"], r["doc"]) for r in rs})
+    assert stats["bytes_in"] == sum(p.stat().st_size for p in (mixed / "in").iterdir())
