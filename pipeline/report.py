@@ -172,7 +172,8 @@ def head_caution(mlm: dict) -> str:
 def downstream_section(down: dict, finetuned: dict) -> list[str]:
     seeds = len(down["seeds"])
     primary = down["primary_metric"]
-    header = ["metric", "base", "adapted", "adapted − base", "95% CI", "over", "verdict", "test-set 95% CI"]
+    second = any(m.get("test_set") for m in down["metrics"].values())  # the test-set column, when there is one
+    header = ["metric", "base", "adapted", "adapted − base", "95% CI", "over", "verdict"] + ["test-set 95% CI"] * second
 
     def row(metric: str) -> list:
         m = down["metrics"][metric]
@@ -180,8 +181,8 @@ def downstream_section(down: dict, finetuned: dict) -> list[str]:
         return [f"<b>{html.escape(metric)}</b>" if metric == primary else html.escape(metric),
                 f"{fmt(m['base']['mean'])} ± {fmt(m['base']['std'])}",
                 f"{fmt(m['adapted']['mean'])} ± {fmt(m['adapted']['std'])}", signed(d["mean"]), ci(d),
-                html.escape(method_words(d, seeds, short=True)), verdict_cell(d["verdict"]),
-                f"{ci(t)} <small>{html.escape(t['verdict'])}</small>" if t else "–"]
+                html.escape(method_words(d, seeds, short=True)), verdict_cell(d["verdict"])] + (
+                [f"{ci(t)} <small>{html.escape(t['verdict'])}</small>" if t else "–"] if second else [])
 
     overall = sorted((k for k in down["metrics"] if "/" not in k), key=lambda k: k != primary)  # primary first
     per_class = [k for k in down["metrics"] if "/" in k]
@@ -190,8 +191,8 @@ def downstream_section(down: dict, finetuned: dict) -> list[str]:
            f"{html.escape(str(down['seeds']))} (the same seeds, data order and settings for both models; "
            f"<b>{html.escape(primary)}</b> decides the verdict). The 95% CI of adapted − base is a percentile "
            f"bootstrap: over seeds when there are at least {MIN_PAIRS}, else over test examples (labelled "
-           "“test set”). The last column resamples test examples instead of seeds: the share of the noise that "
-           "comes from the test set's size.</p>",
+           "“test set”)." + (" The last column resamples test examples instead of seeds: the share of the noise "
+                             "that comes from the test set's size." if second else "") + "</p>",
            table(header, [row(k) for k in overall])]
     if per_class:
         out += ["<p>Per class (precision, recall, F1 of each label):</p>", table(header, [row(k) for k in per_class])]

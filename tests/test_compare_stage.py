@@ -168,6 +168,7 @@ def test_adapted_truly_better(tmp_path):
     assert t["method"] == "test-set" and t["n"] == 200 and t["mean"] == pytest.approx(d["mean"])
     html = (tmp_path / "reports" / "report.html").read_text()
     assert "Adapting helped on the downstream task (triplet)" in html
+    assert "<th>test-set 95% CI</th>" in html
 
 
 def test_adapted_not_better(tmp_path):
@@ -211,6 +212,7 @@ def test_single_seed_uses_a_labelled_test_set_bootstrap(tmp_path):
     html = (tmp_path / "reports" / "report.html").read_text()
     assert "test-set bootstrap over 200 examples (1 seed)" in html
     assert "only 1 seed, so the CI is a test-set bootstrap" in html
+    assert "<th>test-set 95% CI</th>" not in html  # the CI column already is the test-set bootstrap
 
 
 def test_single_seed_small_difference_is_not_significant(tmp_path):
