@@ -73,25 +73,48 @@ class MaskParams(Section):
 
 
 class PretrainParams(Section):
-    max_steps: Int = Field(300, ge=1)
-    batch_size: Int = Field(64, ge=1)  # lines per optimizer step
+    # Length of the run: optimizer steps, or passes over the train shards (which hold dupe_factor masked copies
+    # of every line); when both are set, whichever ends first.
+    max_steps: Int = Field(300, ge=0)  # 0 = run `epochs` passes
+    epochs: Int = Field(0, ge=0)  # 0 = run `max_steps` steps
+    # The global batch: fixed whatever the number of devices. Each optimizer step sees at most batch_tokens
+    # tokens (padding included; batches are cut from length-sorted rows, so there is little) and at most
+    # batch_size lines, split over devices x accumulate micro-batches.
+    batch_tokens: Int = Field(8192, ge=8)
+    batch_size: Int = Field(0, ge=0)  # lines per optimizer step at most; 0 = only the token budget counts
+    accumulate: Int = Field(1, ge=1)  # micro-batches per device per optimizer step (gradient accumulation)
     lr: float = Field(1e-4, gt=0)
+    schedule: Literal["linear", "cosine"] = "linear"  # decay after the warm-up, to zero at the last step
     warmup_steps: Int = Field(30, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    # A base without an MLM head (a sentence encoder) first trains a fresh head for this many steps with the
+    # encoder frozen; that head is kept with models/base, so the base is evaluated fairly. 0 = skip.
+    head_warmup_steps: Int = Field(100, ge=0)
+    head_lr: float = Field(1e-3, gt=0)  # peak learning rate of the head warm-up
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: Int | Literal["auto"] = "auto"  # per node; "auto" = every GPU, else one CPU process
     num_nodes: Int = Field(1, ge=1)  # machines (SLURM / torchrun launch one process per device on each)
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
-    threads: Int = Field(0, ge=0)  # torch CPU threads; 0 = leave torch's default
+    strategy: Literal["auto", "ddp"] = "auto"  # auto = DDP when there is more than one process
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on GPUs that have it
+    threads: Int = Field(0, ge=0)  # torch CPU threads per process; 0 = leave torch's default
     log_every: Int = Field(5, ge=1)  # steps between recorded train-loss points
     val_every: Int = Field(50, ge=1)  # steps between held-out loss measurements
+    val_lines: Int = Field(4096, ge=0)  # held-out lines each measurement scores; 0 = all
     checkpoint_every: Int = Field(50, ge=1)  # steps between checkpoints (resume points)
+
+    @model_validator(mode="after")
+    def _has_a_length(self) -> PretrainParams:
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ValueError("max_steps and epochs are both 0: set one of them")
+        return self
 
 
 class EvaluateParams(Section):
-    batch_size: Int = Field(128, ge=1)
+    batch_tokens: Int = Field(16384, ge=8)  # tokens per batch (padding included)
+    batch_size: Int = Field(128, ge=0)  # lines per batch at most; 0 = only the token budget counts
     max_lines: Int = Field(0, ge=0)  # 0 = every held-out line
+    fill_mask_lines: Int = Field(20, ge=0)  # held-out lines shown with each model's top-10 guesses
 
 
 class TripletTask(Section):

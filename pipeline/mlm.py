@@ -6,7 +6,9 @@ lines, and ~85% of positions carry no loss, so skipping them is most of the FLOP
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -14,11 +16,15 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from pipeline.batching import LengthBucketSampler, MaskedLines, keep_batch
+from pipeline.batching import DynamicMasking, masked_loader
 from pipeline.masking import IGNORE
+from pipeline.models import head_parameters
 from pipeline.optim import adamw_warmup_linear
+
+
+class Diverged(RuntimeError):
+    """The loss or the weights stopped being finite numbers; training stops, the last good checkpoint stays."""
 
 
 def sparse_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -47,21 +53,42 @@ def masked_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
 
 
 class MaskedLM(pl.LightningModule):
-    def __init__(self, model: nn.Module, lr: float, warmup_steps: int, max_steps: int, weight_decay: float):
+    """Masked-LM training of an HF model. head_only=True trains the MLM head alone: the encoder is frozen and
+    kept in eval mode, so the head learns the features the base encoder really produces (and no encoder
+    gradients are computed: a head warm-up step costs about a forward pass)."""
+
+    def __init__(self, model: nn.Module, lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
+                 schedule: str = "linear", head_only: bool = False):
         super().__init__()
-        self.model = model.train()  # transformers loads in eval mode; dropout belongs to training
-        self.lr, self.warmup_steps, self.max_steps, self.weight_decay = lr, warmup_steps, max_steps, weight_decay
+        self.model = model
+        self.lr, self.warmup_steps, self.total_steps = lr, warmup_steps, total_steps
+        self.weight_decay, self.schedule, self.head_only = weight_decay, schedule, head_only
+        head = {id(p) for p in head_parameters(model)}
+        for param in model.parameters():
+            param.requires_grad = not head_only or id(param) in head
+
+    def on_train_start(self):
+        # Lightning keeps the modes modules had before fit (an evaluation may have left eval mode behind).
+        self.model.train()
+        if self.head_only:
+            self.model.base_model.eval()
 
     def training_step(self, batch, batch_idx):
         logits, targets, _ = masked_logits(self.model, batch)
+        # The mean over this micro-batch's masked tokens. Token-budget batches hold nearly the same number of
+        # tokens, hence of masked tokens, so averaging these means over devices and accumulation steps weighs
+        # every masked token almost equally.
         loss = F.cross_entropy(logits.float(), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"pretrain: loss is {loss.item()} at step {self.global_step}; stopping. The last good checkpoint "
-                "is kept; lower pretrain.lr or use precision 32-true"
-            )
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(targets))
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.trainer.world_size > 1:  # every rank must stop together, or the others hang in all-reduce
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if bad.item() > 0:
+            raise Diverged(f"the loss is {loss.item()} at step {self.global_step}")
+        mask = batch["attention_mask"]
+        n = len(targets)
+        self.log("head/loss" if self.head_only else "train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        self.log("train/padding", 1.0 - mask.sum().item() / max(1, mask.numel()), batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -70,7 +97,91 @@ class MaskedLM(pl.LightningModule):
                  batch_size=len(targets), sync_dist=True)
 
     def configure_optimizers(self):
-        return adamw_warmup_linear(self.model, self.lr, self.weight_decay, self.warmup_steps, self.max_steps)
+        return adamw_warmup_linear(self.model, self.lr, self.weight_decay, self.warmup_steps, self.total_steps,
+                                   self.schedule)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A checkpoint is only worth resuming from if its weights are numbers: refuse to overwrite the last good
+        # one with a broken one.
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise Diverged(f"the weights are no longer finite after step {self.global_step}")
+        # Lightning does not save the random state; dropout then draws the same masks after a resume.
+        checkpoint["rng_torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["rng_cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_torch" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_torch"])
+        if "rng_cuda" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
+
+
+class Throughput(pl.Callback):
+    """Real (non-pad) tokens per second and the padding fraction while training, and totals at the end.
+
+    `totals` after training: batches each rank trained on, real and padded tokens over all ranks, training
+    seconds (validation excluded) and the step training started from. The counts are saved in checkpoints,
+    so a resumed run reports the whole run.
+    """
+
+    def __init__(self, every: int = 10):
+        self.every = every
+        self.batches, self.real, self.padded, self.seconds = 0, 0, 0, 0.0
+        self.start_step = 0
+        self.totals: dict = {}
+
+    def _seconds(self) -> float:
+        if not hasattr(self, "start"):  # training never started (a resumed run that was already complete)
+            return self.seconds
+        return self.seconds + time.perf_counter() - self.start - self.val_seconds
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_step = trainer.global_step
+        self.val_seconds = 0.0
+        self.start = self.window_start = time.perf_counter()
+        self.window_real = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        mask = batch["attention_mask"]
+        real = int(mask.sum())
+        self.batches += 1
+        self.real += real
+        self.padded += mask.numel()
+        self.window_real += real
+        if self.batches % self.every == 0:
+            now = time.perf_counter()
+            pl_module.log("train/tokens_per_s_device", self.window_real / max(1e-9, now - self.window_start),
+                          prog_bar=True)
+            self.window_start, self.window_real = now, 0
+
+    def on_validation_start(self, trainer, pl_module):
+        self.val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.training:
+            self.val_seconds += time.perf_counter() - self.val_start
+            self.window_start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        counts = torch.tensor([self.batches, self.real, self.padded], dtype=torch.int64, device=pl_module.device)
+        self.totals = self.summary(pl_module.all_gather(counts).reshape(-1, 3).cpu())
+
+    def summary(self, per_rank: torch.Tensor | None = None) -> dict:
+        """The totals from per-rank (batches, real, padded) counts; this rank's alone by default."""
+        if per_rank is None:
+            per_rank = torch.tensor([[self.batches, self.real, self.padded]])
+        real, padded, seconds = int(per_rank[:, 1].sum()), int(per_rank[:, 2].sum()), self._seconds()
+        return {"batches_per_rank": per_rank[:, 0].tolist(), "real_tokens": real, "padded_tokens": padded,
+                "seconds": seconds, "tokens_per_second": real / max(1e-9, seconds),
+                "padding_fraction": 1.0 - real / max(1, padded), "start_step": self.start_step}
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "real": self.real, "padded": self.padded, "seconds": self._seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches, self.real, self.padded = state["batches"], state["real"], state["padded"]
+        self.seconds = state["seconds"]
 
 
 @torch.no_grad()
@@ -105,21 +216,42 @@ def evaluate_masked_lm(model: nn.Module, loader, device: torch.device | str = "c
     return metrics, {k: v[order] for k, v in per_line.items()}
 
 
+def held_out_masking(table, dynamic: DynamicMasking | None) -> DynamicMasking | None:
+    """Held-out shards stored unmasked are masked as epoch 0: the same positions for every model."""
+    if dynamic is None or "labels" in table.column_names:
+        return None
+    return dataclasses.replace(dynamic, held_out=True)
+
+
+def micro_batch(batch_tokens: int, batch_size: int, world_size: int, accumulate: int) -> tuple[int, int]:
+    """The (tokens, lines) budget of one micro-batch, so that world_size x accumulate of them make one global
+    batch of at most batch_tokens tokens and batch_size lines (0 = no line cap)."""
+    parts = world_size * accumulate
+    return batch_tokens // parts, batch_size // parts if batch_size else 0
+
+
 class MaskedShardData(pl.LightningDataModule):
-    """Train/val loaders over masked shards; the batch sampler learns its rank once DDP is set up."""
+    """Train/val loaders over masked shards, cut into micro-batches of the global batch for this rank.
 
-    def __init__(self, train, val, pad_id: int, batch_size: int, seed: int):
+    The training loader is resumable: Lightning checkpoints its position within the epoch.
+    """
+
+    def __init__(self, train, val, pad_id: int, batch_tokens: int, batch_size: int = 0, accumulate: int = 1,
+                 seed: int = 0, dynamic: DynamicMasking | None = None):
         super().__init__()
-        self.train, self.val, self.pad_id, self.batch_size, self.seed = train, val, pad_id, batch_size, seed
+        self.train, self.val, self.pad_id, self.seed, self.dynamic = train, val, pad_id, seed, dynamic
+        self.batch_tokens, self.batch_size, self.accumulate = batch_tokens, batch_size, accumulate
 
-    def _loader(self, table, shuffle: bool) -> DataLoader:
+    def _budget(self) -> tuple[int, int, int, int]:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = LengthBucketSampler(table.column("length").to_numpy(), self.batch_size, self.seed,
-                                      shuffle=shuffle, rank=rank, world_size=world)
-        return DataLoader(MaskedLines(table, self.pad_id), batch_sampler=sampler, collate_fn=keep_batch)
+        return (*micro_batch(self.batch_tokens, self.batch_size, world, self.accumulate), rank, world)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+    def train_dataloader(self):
+        tokens, rows, rank, world = self._budget()
+        return masked_loader(self.train, self.pad_id, tokens, rows, self.seed, True, rank, world, self.dynamic)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, shuffle=False)
+    def val_dataloader(self):
+        # Every rank scores all held-out lines (they are capped by val_lines): the loss is then exact, and no
+        # rank is left without a batch to log when there are few.
+        tokens, rows, _, _ = self._budget()
+        return masked_loader(self.val, self.pad_id, tokens, rows, dynamic=held_out_masking(self.val, self.dynamic))

@@ -6,6 +6,8 @@ by the user who wants downloads). Remote code is never executed.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -73,9 +75,46 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(set(tokenizer.all_special_ids))
 
 
-def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+# A sentence-transformers model keeps its pooling (and normalization) next to the HF weights.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path,
+                    like: str | None = None) -> None:
+    """An HF folder (safetensors + tokenizer). `like`: the model this one came from; its sentence-transformers
+    setup (modules.json, pooling, ...) is copied along, so SentenceTransformer(folder) pools as the base did."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    source = local_folder(like) if like else None
+    if source is None or not (source / "modules.json").is_file():
+        return
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, Path(folder) / name)
+    for module in json.loads((source / "modules.json").read_text(encoding="utf-8")):
+        sub = module.get("path", "")
+        if sub and (source / sub).is_dir():  # e.g. 1_Pooling; the transformer itself lives at the top ("")
+            shutil.copytree(source / sub, Path(folder) / sub, dirs_exist_ok=True)
+
+
+def local_folder(name: str) -> Path | None:
+    """Where a model's files lie on disk: its folder, or a hub id's snapshot in the local cache (no download)."""
+    path = Path(resolve_model(name))
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached, or not a valid id: nothing to copy
+        return None
+
+
+def head_parameters(model: PreTrainedModel) -> list[torch.nn.Parameter]:
+    """The MLM head's own parameters: everything outside the encoder (for BERT: the transform and the output
+    bias; the output matrix is tied to the input embeddings and belongs to the encoder)."""
+    encoder = {id(p) for p in model.base_model.parameters()}
+    return [p for p in model.parameters() if id(p) not in encoder]
 
 
 def set_threads(threads: int) -> None:

@@ -3,6 +3,7 @@
     dapt split | mask | pretrain | compare        run one stage with params.yaml (normally `dvc repro` does)
     dapt evaluate {base,adapted}                  held-out masked-LM figures of one model
     dapt finetune {base,adapted}                  downstream fine-tuning of one model over the seeds
+    dapt fill-mask [--model M]... TEXT...         each model's top-10 for every [MASK], side by side
     dapt predict --model DIR TEXT...              label + probabilities from a fine-tuned model
     dapt embed --model DIR --input F --output P   sentence (and token) vectors to Parquet
 """
@@ -18,6 +19,7 @@ STAGES = {
     "pretrain": "second masked-LM pass of the base model (Lightning)",
     "evaluate": "held-out MLM loss / perplexity / accuracy of base or adapted",
     "finetune": "downstream fine-tuning of base or adapted over the seeds",
+    "fill-mask": "top-10 guesses of masked-LM models for a text's [MASK], side by side",
     "predict": "label and probabilities of texts from a fine-tuned model",
     "embed": "pooled (and per-token) vectors of a file's texts -> Parquet",
     "compare": "base vs adapted statistics -> reports/compare.json + report.html",
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     if command not in STAGES:
         print(f"dapt: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(f"stages.{command}")
+    module = importlib.import_module(f"stages.{command.replace('-', '_')}")  # fill-mask -> stages/fill_mask.py
     sys.argv = [f"dapt {command}", *rest]
     from stages import run
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.batching import LengthBucketSampler, MaskedLines, keep_batch, pad_lists
+from pipeline.batching import (MaskedLines, TokenBudgetSampler, cut_sorted, keep_batch, masked_loader,
+                               pad_lists)
 
 
 def skewed_lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -21,100 +22,155 @@ def batches_of(sampler) -> list[list[int]]:
     return [list(b) for b in sampler]
 
 
-@pytest.mark.parametrize("n, batch_size, bucket_batches", [(1000, 32, 4), (1001, 32, 4), (7, 3, 64), (64, 8, 8),
-                                                           (5, 10, 2), (129, 1, 5)])
-def test_every_index_exactly_once_per_epoch(n, batch_size, bucket_batches):
-    sampler = LengthBucketSampler(skewed_lengths(n), batch_size, seed=3, bucket_batches=bucket_batches)
+def padded(lengths: np.ndarray, batch) -> int:
+    return len(batch) * int(lengths[batch].max())
+
+
+@pytest.mark.parametrize("n, max_tokens, max_rows", [(1000, 256, 0), (1001, 300, 16), (7, 64, 0), (64, 40, 3),
+                                                     (5, 10_000, 0), (129, 600, 1), (300, 100, 0)])
+def test_every_index_once_per_epoch_under_the_budget(n, max_tokens, max_rows):
+    lengths = skewed_lengths(n)
+    sampler = TokenBudgetSampler(lengths, max_tokens, max_rows, seed=3)
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
         batches = batches_of(sampler)
         flat = [i for b in batches for i in b]
         assert sorted(flat) == list(range(n))
-        assert all(1 <= len(b) <= batch_size for b in batches)
-        assert sum(len(b) < batch_size for b in batches) <= 1  # only the very last cut can be short
         assert all(isinstance(i, int) for i in flat)
+        for b in batches:
+            assert padded(lengths, b) <= max_tokens or len(b) == 1  # a row over the budget goes alone
+            assert not max_rows or len(b) <= max_rows
 
 
-def test_deterministic_for_seed_and_epoch_and_different_across_epochs():
+def test_cut_is_greedy_and_maximal():
+    lengths = np.sort(skewed_lengths(500, seed=2))
+    bounds = cut_sorted(lengths, 200, max_rows=20)
+    assert bounds[0] == 0 and bounds[-1] == 500 and np.all(np.diff(bounds) >= 1)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        fits = (b - a) * lengths[b - 1] <= 200 or b - a == 1
+        one_more = b < 500 and b - a < 20 and (b + 1 - a) * lengths[b] <= 200
+        assert fits and not one_more
+    assert cut_sorted(np.array([5, 50, 500]), 100).tolist() == [0, 2, 3]  # 2 x 50 fits; 500 goes alone
+    assert cut_sorted(np.array([5, 50, 500]), 99).tolist() == [0, 1, 2, 3]
+    assert cut_sorted(np.array([], dtype=np.int64), 100).tolist() == [0]
+
+
+def test_deterministic_for_seed_and_epoch_and_same_shapes_every_epoch():
     lengths = skewed_lengths(2000)
-    a = LengthBucketSampler(lengths, 16, seed=5)
-    b = LengthBucketSampler(lengths, 16, seed=5)
+    a = TokenBudgetSampler(lengths, 512, seed=5)
+    b = TokenBudgetSampler(lengths, 512, seed=5)
     a.set_epoch(2)
     b.set_epoch(2)
     assert batches_of(a) == batches_of(b)
     assert batches_of(a) == batches_of(a)  # iterating again gives the same epoch
     b.set_epoch(3)
     assert batches_of(a) != batches_of(b)
-    c = LengthBucketSampler(lengths, 16, seed=6)
+    c = TokenBudgetSampler(lengths, 512, seed=6)
     c.set_epoch(2)
     assert batches_of(a) != batches_of(c)
 
+    def shapes(s):
+        return sorted((len(x), int(lengths[x].max())) for x in batches_of(s))
 
-def test_no_shuffle_keeps_bucket_order():
+    assert shapes(a) == shapes(b) == shapes(c)  # only which rows and the order change: len() is exact
+    assert len(a) == len(batches_of(a))
+
+
+def test_no_shuffle_is_sorted_by_length_whatever_the_epoch():
     lengths = np.array([5, 3, 9, 1, 7, 7, 2, 8, 4, 6])
-    sampler = LengthBucketSampler(lengths, batch_size=2, shuffle=False, bucket_batches=2)  # buckets of 4 rows
-    # bucket 0 = rows 0-3 sorted by length, bucket 1 = rows 4-7 (stable for the tie 4/5), bucket 2 = rows 8-9
-    assert batches_of(sampler) == [[3, 1], [0, 2], [6, 4], [5, 7], [8, 9]]
+    sampler = TokenBudgetSampler(lengths, max_tokens=16, shuffle=False)
+    got = batches_of(sampler)
+    # sorted lengths 1 2 3 4 | 5 6 | 7 7 | 8 | 9: four rows of <= 4 tokens fit 16, five rows of 5 would not
+    assert got == [[3, 6, 1, 8], [0, 9], [4, 5], [7], [2]]
     sampler.set_epoch(7)
-    assert batches_of(sampler) == [[3, 1], [0, 2], [6, 4], [5, 7], [8, 9]]  # the epoch does not matter
+    assert batches_of(sampler) == got
 
 
-def test_no_shuffle_covers_everything_in_order_of_buckets():
-    lengths = skewed_lengths(1000)
-    sampler = LengthBucketSampler(lengths, batch_size=10, shuffle=False, bucket_batches=10)
-    flat = [i for b in sampler for i in b]
-    assert sorted(flat) == list(range(1000))
-    for start in range(0, 1000, 100):
-        chunk = flat[start:start + 100]
-        assert sorted(chunk) == list(range(start, start + 100))
-        assert list(lengths[chunk]) == sorted(lengths[chunk])
-
-
-@pytest.mark.parametrize("n, batch_size", [(1000, 32), (1001, 7), (33, 4), (10, 4)])
-def test_two_ranks_same_batch_count_disjoint_indices(n, batch_size):
+@pytest.mark.parametrize("n, max_tokens", [(1000, 200), (1001, 77), (33, 40), (10, 30)])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_the_same_number_of_disjoint_batches(n, max_tokens, world_size):
     lengths = skewed_lengths(n)
-    ranks = [LengthBucketSampler(lengths, batch_size, seed=1, rank=r, world_size=2, bucket_batches=4)
-             for r in (0, 1)]
+    ranks = [TokenBudgetSampler(lengths, max_tokens, seed=1, rank=r, world_size=world_size)
+             for r in range(world_size)]
     for s in ranks:
         s.set_epoch(4)
     got = [batches_of(s) for s in ranks]
-    assert len(got[0]) == len(got[1]) == len(ranks[0]) == len(ranks[1])
-    flat = [{i for b in g for i in b} for g in got]
-    assert not flat[0] & flat[1]
-    total = LengthBucketSampler(lengths, batch_size, seed=1, bucket_batches=4)
-    assert len(got[0]) == len(total) // 2
-    # together they cover all but at most one batch of the single-process epoch
-    assert n - len(flat[0] | flat[1]) <= batch_size
+    assert len({len(g) for g in got}) == 1 and len(got[0]) == len(ranks[0])
+    sets = [{i for b in g for i in b} for g in got]
+    assert sum(len(x) for x in sets) == len(set().union(*sets))  # disjoint
+    single = TokenBudgetSampler(lengths, max_tokens, seed=1)
+    single.set_epoch(4)
+    everything = batches_of(single)
+    assert len(got[0]) == len(everything) // world_size
+    # rank r trains on batches r, r + world, ... of the one-process epoch; fewer than world_size are left over
+    assert got[1] == everything[1::world_size][:len(got[1])]
+    assert len(everything) - world_size * len(got[0]) < world_size
 
 
-@pytest.mark.parametrize("n", [0, 1, 5, 63, 64, 65, 200, 257, 1000, 1024, 1025])
-@pytest.mark.parametrize("batch_size, bucket_batches", [(8, 4), (5, 3), (64, 64), (1, 2)])
+def test_resume_mid_epoch_continues_with_the_next_batch():
+    lengths = skewed_lengths(3000)
+    full = TokenBudgetSampler(lengths, 300, seed=9)
+    full.set_epoch(1)
+    expected = batches_of(full)
+    first = TokenBudgetSampler(lengths, 300, seed=9)
+    first.set_epoch(1)
+    it = iter(first)
+    seen = [next(it) for _ in range(7)]
+    state = first.state_dict()
+    assert state == {"epoch": 1, "position": 7}
+    again = TokenBudgetSampler(lengths, 300, seed=9)
+    again.load_state_dict(state)
+    again.set_epoch(1)
+    assert seen + batches_of(again) == expected
+    assert batches_of(again) == expected  # the skip applies to the first pass only
+    other = TokenBudgetSampler(lengths, 300, seed=9)
+    other.load_state_dict(state)
+    other.set_epoch(2)  # a state from another epoch does not skip anything
+    assert len(batches_of(other)) == len(expected)
+
+
+def test_resumable_loader_hands_the_state_through():
+    table = masked_table()
+    loader = masked_loader(table, pad_id=0, max_tokens=8, shuffle=True, seed=1)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    assert state["position"] == 1
+    rest = [b["line"].tolist() for b in it]
+    fresh = masked_loader(table, pad_id=0, max_tokens=8, shuffle=True, seed=1)
+    fresh.load_state_dict(state)
+    assert [b["line"].tolist() for b in fresh] == rest
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 63, 64, 65, 200, 1025])
+@pytest.mark.parametrize("max_tokens, max_rows", [(64, 0), (100, 3), (10_000, 64)])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_len_equals_number_of_batches(n, batch_size, bucket_batches, world_size):
+def test_len_equals_number_of_batches(n, max_tokens, max_rows, world_size):
     lengths = skewed_lengths(n)
     counts = []
     for rank in range(world_size):
-        s = LengthBucketSampler(lengths, batch_size, seed=0, rank=rank, world_size=world_size,
-                                bucket_batches=bucket_batches)
+        s = TokenBudgetSampler(lengths, max_tokens, max_rows, seed=0, rank=rank, world_size=world_size)
         counts.append(len(batches_of(s)))
         assert len(s) == counts[-1]
     assert len(set(counts)) == 1
 
 
 def padding_fraction(lengths: np.ndarray, batches) -> float:
-    padded = sum(len(b) * lengths[b].max() for b in batches)
-    return 1 - lengths.sum() / padded
+    return 1 - lengths.sum() / sum(padded(lengths, b) for b in batches)
 
 
-def test_bucketing_reduces_padding_on_skewed_lengths():
+def test_token_budget_batches_waste_almost_no_padding_on_skewed_lengths():
     lengths = skewed_lengths(20_000)
-    sampler = LengthBucketSampler(lengths, 32, seed=0)
-    bucketed = padding_fraction(lengths, [np.array(b) for b in sampler])
+    sampler = TokenBudgetSampler(lengths, 2048, seed=0)
+    batches = [np.array(b) for b in sampler]
     order = np.random.default_rng(1).permutation(len(lengths))
-    random = padding_fraction(lengths, [order[i:i + 32] for i in range(0, len(order), 32)])
+    rows = int(np.mean([len(b) for b in batches]))
+    random = padding_fraction(lengths, [order[i:i + rows] for i in range(0, len(order), rows)])
     assert random > 0.6  # a random batch pads to its longest, usually tail, row
-    assert bucketed < 0.15
-    assert bucketed < random / 5
+    assert padding_fraction(lengths, batches) < 0.03
+    # and the batches carry nearly the same number of tokens
+    sizes = np.array([lengths[b].sum() for b in batches])
+    assert np.median(sizes) > 0.9 * 2048
 
 
 # --- pad_lists / MaskedLines ---------------------------------------------------------------------------------
@@ -172,9 +228,8 @@ def test_masked_lines_batch():
 
 def test_masked_lines_through_a_dataloader_with_the_sampler():
     table = masked_table()
-    sampler = LengthBucketSampler(table.column("length").to_numpy(), batch_size=2, shuffle=False)
-    loader = DataLoader(MaskedLines(table.slice(0), pad_id=0), batch_sampler=sampler, collate_fn=keep_batch)
+    loader = masked_loader(table.slice(0), pad_id=0, max_tokens=8)  # sorted by length: rows 0 and 2, then 3, 1
     batches = list(loader)
-    assert [b["line"].tolist() for b in batches] == [[7, 9], [10, 8]]
-    assert [tuple(b["input_ids"].shape) for b in batches] == [(2, 3), (2, 5)]
-    assert int(batches[1]["attention_mask"].sum()) == 9
+    assert [b["line"].tolist() for b in batches] == [[7, 9], [10], [8]]
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(2, 3), (1, 4), (1, 5)]
+    assert int(batches[2]["attention_mask"].sum()) == 5
