@@ -6,6 +6,7 @@
     dapt fill-mask [--model M]... TEXT...         each model's top-10 for every [MASK], side by side
     dapt predict --model DIR TEXT...              label + probabilities from a fine-tuned model
     dapt embed --model DIR --input F --output P   sentence (and token) vectors to Parquet
+    dapt launch sbatch | torchrun ...             cluster launch line for pretrain, from params.yaml
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ STAGES = {
     "predict": "label and probabilities of texts from a fine-tuned model",
     "embed": "pooled (and per-token) vectors of a file's texts -> Parquet",
     "compare": "base vs adapted statistics -> reports/compare.json + report.html",
+    "launch": "sbatch / torchrun line for pretrain on GPU nodes (docker/)",
 }
 
 
