@@ -155,7 +155,7 @@ class DynamicMasking:
         if stats.get("mode") != "dynamic":
             return None
         spec = MaskSpec.from_json((folder / "spec.json").read_text(encoding="utf-8"))
-        return cls(spec, seed, int(stats.get("train", {}).get("copies", 1)))
+        return cls(spec, int(stats.get("seed", seed)), int(stats.get("train", {}).get("copies", 1)))
 
     def __call__(self, rows: pa.Table, epoch: int) -> tuple[pa.ListArray, pa.ListArray]:
         key = 0 if self.held_out else epoch * self.copies

@@ -98,7 +98,7 @@ class MaskedLM(pl.LightningModule):
 
     def configure_optimizers(self):
         return adamw_warmup_linear(self.model, self.lr, self.weight_decay, self.warmup_steps, self.total_steps,
-                                   self.schedule)
+                                   self.schedule, fused=self.device.type in ("cpu", "cuda"))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A checkpoint is only worth resuming from if its weights are numbers: refuse to overwrite the last good

@@ -106,6 +106,30 @@ def test_sigkill_mid_run_then_dvc_repro_resumes_and_ends_where_an_uninterrupted_
     assert steps == list(range(1, 81))
 
 
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_dynamic_masking_from_the_mask_stage_trains_and_matches_its_epoch_0_stats(masked, tmp_path, whole_word):
+    from pipeline.batching import DynamicMasking, masked_loader
+    from pipeline.masking import IGNORE
+    from pipeline.shards import read_shards
+
+    repo = copy_with(masked, tmp_path / "dynamic", max_steps=6, val_every=3, head_warmup_steps=0)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["mask"].update(mode="dynamic", whole_word=whole_word)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "dvc", "repro", "pretrain")
+    m = metrics(repo, "pretrain")
+    assert m["steps"] == 6 and m["val_loss_last"] < m["val_loss_first"]
+    # The loader's epoch-0 masks are the ones the mask stage counted in stats.json.
+    folder = repo / "artifacts" / "masked"
+    stats = json.loads((folder / "stats.json").read_text())
+    train = read_shards(folder, "train")
+    assert stats["mode"] == "dynamic" and "labels" not in train.column_names
+    dynamic = DynamicMasking.of_shards(folder, seed=params["seed"])
+    assert dynamic is not None and dynamic.spec.whole_word == whole_word
+    loader = masked_loader(train, 0, 4096, dynamic=dynamic)
+    assert sum(int((b["labels"] != IGNORE).sum()) for b in loader) == stats["train"]["masked"]
+
+
 def test_a_diverging_run_stops_with_one_clear_line(masked, tmp_path):
     repo = copy_with(masked, tmp_path / "nan", lr=1e12, warmup_steps=0, grad_clip=0, max_steps=20,
                      head_warmup_steps=0)
