@@ -1,7 +1,7 @@
 """Cluster launch: the sbatch and torchrun lines rendered from params.yaml, the world Lightning sees under them,
 and the SLURM and torchrun recipes of docker/ run for real -- on CPU processes, two "nodes" on this machine.
 
-No SLURM runs here: `fake_srun` starts the tasks with the variables srun documents for each task (block
+No SLURM runs here: FAKE_SRUN starts the tasks with the variables srun documents for each task (block
 distribution, its default), and Lightning's own SLURMEnvironment reads them. torchrun is the real one.
 """
 
