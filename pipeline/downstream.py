@@ -350,6 +350,9 @@ def finetune_seed(model_dir: str, data: TaskData, params: FinetuneParams, seed: 
         for callback in early:
             callback.wait_count = 0
         trainer.fit(module, dl["train"], dl["dev"])
+    if best.state is None:  # NaN never beats anything: every epoch diverged
+        raise ParamsError(f"finetune seed {seed}: the dev loss is not a number after any epoch (training "
+                          f"diverged); lower finetune.lr = {params.lr:g} / head_lr = {params.head_lr:g}")
     best.restore(module)
     trainer.test(module, dl["test"], verbose=False)
     out = module.per_example["test"]

@@ -230,3 +230,10 @@ def test_same_seed_same_result_and_outputs_complete(tmp_path, tiny_headless, wor
         assert np.mean(np.array(per["pred"]) == per["label"]) == pytest.approx(first["test"]["accuracy"])
     else:
         assert set(per["correct"]) <= {0, 1} and np.mean(per["correct"]) == pytest.approx(first["test"]["accuracy"])
+
+
+def test_a_diverged_run_is_a_one_line_error(tmp_path, tiny_headless, words):
+    data = load_task(topic_task(tmp_path / "t", words), "[SEP]", max_train_rows=32)
+    params = FinetuneParams(seeds=[1], epochs=1, lr=1e30, warmup_ratio=0, max_seq_len=16)
+    with pytest.raises(ParamsError, match=r"finetune seed 1: the dev loss is not a number .* lower finetune.lr"):
+        finetune_seed(str(tiny_headless), data, params, 1)
