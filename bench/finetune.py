@@ -85,7 +85,8 @@ def main() -> None:
             ("the one-time feature pass", cache_seconds, cache_cpu),
             ("frozen epoch + the feature pass", timers["frozen"].seconds[0] + cache_seconds,
              timers["frozen"].cpu[0] + cache_cpu))
-    print(f"| {'one epoch, ' + str(steps) + ' steps':<36} | {'wall s':>8} | {'cpu s':>8} | {'full / this (wall, cpu)':>23} |")
+    head = f"one epoch, {steps} steps"
+    print(f"| {head:<36} | {'wall s':>8} | {'cpu s':>8} | {'full / this (wall, cpu)':>23} |")
     print(f"|{'-' * 38}|{'-' * 10}|{'-' * 10}|{'-' * 25}|")
     for name, wall, cpu in rows:
         ratio = f"{full_s / wall:.1f}x, {full_cpu / cpu:.1f}x"

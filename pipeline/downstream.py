@@ -42,7 +42,8 @@ def pairwise_distance(x: torch.Tensor, how: str) -> torch.Tensor:
     return squared.clamp(min=1e-12).sqrt()  # the clamp keeps the gradient finite on the diagonal
 
 
-def batch_hard_loss(x: torch.Tensor, labels: torch.Tensor, how: str, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_hard_loss(x: torch.Tensor, labels: torch.Tensor, how: str, margin: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per anchor: max(0, d(hardest positive) - d(hardest negative) + margin) within the batch (Hermans et al.,
     2017), and whether the anchor has both a positive and a negative in the batch (the others score 0)."""
     d = pairwise_distance(x, how)

@@ -208,7 +208,8 @@ def test_early_stopping_on_dev_loss_tests_the_best_epoch(tmp_path, tiny_headless
 
 @pytest.mark.parametrize("kind", ["triplet", "batch_hard", "classification"])
 def test_same_seed_same_result_and_outputs_complete(tmp_path, tiny_headless, words, kind):
-    task = {"triplet": lambda: small_triplets(tmp_path / "t"), "batch_hard": lambda: labeled_task(tmp_path / "l", words),
+    task = {"triplet": lambda: small_triplets(tmp_path / "t"),
+            "batch_hard": lambda: labeled_task(tmp_path / "l", words),
             "classification": lambda: imbalanced_task(tmp_path / "c", words, "auto")}[kind]()
     data = load_task(task, "[SEP]", max_train_rows=40)
     params = FinetuneParams(seeds=[3], epochs=2, batch_size=8, lr=1e-3, max_seq_len=16)

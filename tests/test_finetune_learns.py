@@ -55,7 +55,8 @@ def pair_task(folder, words: Words) -> TaskParams:
         rows = []
         for _ in range(n):
             y = rng.randrange(3)
-            rows.append({"premise": " ".join(words.fill(rng, 6)), "hypothesis": words.sentence(rng, y), "gold": names[y]})
+            premise, hypothesis = " ".join(words.fill(rng, 6)), words.sentence(rng, y)
+            rows.append({"premise": premise, "hypothesis": hypothesis, "gold": names[y]})
         write_jsonl(folder / f"{split}.jsonl", rows)
     return TaskParams(type="classification", classification=ClassificationTask(
         dir=str(folder), text_field="premise", text_pair_field="hypothesis", label_field="gold"))

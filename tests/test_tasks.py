@@ -83,7 +83,8 @@ def test_labeled_triplets_for_batch_hard_mining(tmp_path):
     three_splits(tmp_path, rows)
     task = TaskParams(type="triplet", triplet=TripletTask(dir=str(tmp_path), mining="batch_hard"))
     data = load_task(task, "[SEP]")
-    assert data.mined and data.columns("train") == ("text",) and data.columns("test") == ("anchor", "positive", "negative")
+    assert data.mined and data.columns("train") == ("text",)
+    assert data.columns("test") == ("anchor", "positive", "negative")
     assert data.rows["train"][4] == {"text": "text 4", "labels": 1}
     test = data.rows["test"]
     assert len(test) == 12  # one triplet per row whose label occurs again: 'alone' has no positive
