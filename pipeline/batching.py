@@ -188,8 +188,10 @@ class MaskedLines(Dataset):
             ids, labels = rows.column("input_ids"), rows.column("labels")
         input_ids, attention_mask = pad_lists(ids, self.pad_id)
         labels, _ = pad_lists(labels, -100)
+        # Token counts as plain ints: they stay on the CPU, so logging them never waits for the GPU.
         return {"input_ids": input_ids, "attention_mask": attention_mask.long(), "labels": labels,
-                "line": torch.tensor(rows.column("line").to_numpy())}
+                "line": torch.tensor(rows.column("line").to_numpy()),
+                "real_tokens": int(attention_mask.sum()), "padded_tokens": attention_mask.numel()}
 
 
 def keep_batch(batch):

@@ -90,8 +90,8 @@ class PretrainParams(Section):
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
     # A base without an MLM head (a sentence encoder) first trains a fresh head for this many steps with the
     # encoder frozen; that head is kept with models/base, so the base is evaluated fairly. 0 = skip.
-    head_warmup_steps: Int = Field(100, ge=0)
-    head_lr: float = Field(1e-3, gt=0)  # peak learning rate of the head warm-up
+    head_warmup_steps: Int = Field(200, ge=0)
+    head_lr: float = Field(3e-3, gt=0)  # peak learning rate of the head warm-up
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: Int | Literal["auto"] = "auto"  # per node; "auto" = every GPU, else one CPU process
     num_nodes: Int = Field(1, ge=1)  # machines (SLURM / torchrun launch one process per device on each)

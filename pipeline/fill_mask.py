@@ -25,17 +25,18 @@ def pick_positions(table: pa.Table, tokenizer, n: int) -> list[tuple[int, int]]:
         return []
     # Look at an even spread of at most 50 rows per pick, not at a whole (possibly huge) held-out set.
     rows = np.unique(np.linspace(0, table.num_rows - 1, min(table.num_rows, 50 * n)).round().astype(np.int64))
-    labels = table.take(pa.array(rows)).column("labels").to_pylist()
+    taken = table.take(pa.array(rows))
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
 
-    def word(row: list[int], i: int) -> bool:
-        token, after = vocab[row[i]], vocab[row[i + 1]] if i + 1 < len(row) and row[i + 1] != IGNORE else ""
-        return token.isalpha() and not after.startswith("##")
+    def word(ids: list[int], i: int) -> bool:  # a whole word of 2+ letters: not a piece, not cut in pieces
+        after = vocab[ids[i + 1]] if i + 1 < len(ids) else ""
+        return len(vocab[ids[i]]) > 1 and vocab[ids[i]].isalpha() and not after.startswith("##")
 
     good, other = [], []
-    for r, row in zip(rows.tolist(), labels):
+    for r, ids, row in zip(rows.tolist(), taken.column("input_ids").to_pylist(), taken.column("labels").to_pylist()):
+        ids = original_ids(ids, row)
         masked = [i for i, t in enumerate(row) if t != IGNORE]
-        words = [i for i in masked if word(row, i)]
+        words = [i for i in masked if word(ids, i)]
         if words:
             good.append((r, words[0]))
         elif masked:

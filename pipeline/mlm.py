@@ -60,7 +60,7 @@ class MaskedLM(pl.LightningModule):
     def __init__(self, model: nn.Module, lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
                  schedule: str = "linear", head_only: bool = False):
         super().__init__()
-        self.model = model
+        self.model = model.train()  # transformers loads in eval mode; dropout belongs to training
         self.lr, self.warmup_steps, self.total_steps = lr, warmup_steps, total_steps
         self.weight_decay, self.schedule, self.head_only = weight_decay, schedule, head_only
         head = {id(p) for p in head_parameters(model)}
@@ -84,11 +84,10 @@ class MaskedLM(pl.LightningModule):
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         if bad.item() > 0:
             raise Diverged(f"the loss is {loss.item()} at step {self.global_step}")
-        mask = batch["attention_mask"]
         n = len(targets)
         self.log("head/loss" if self.head_only else "train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
-        self.log("train/padding", 1.0 - mask.sum().item() / max(1, mask.numel()), batch_size=n)
+        self.log("train/padding", 1.0 - batch["real_tokens"] / max(1, batch["padded_tokens"]), batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -143,11 +142,10 @@ class Throughput(pl.Callback):
         self.window_real = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        mask = batch["attention_mask"]
-        real = int(mask.sum())
+        real = batch["real_tokens"]
         self.batches += 1
         self.real += real
-        self.padded += mask.numel()
+        self.padded += batch["padded_tokens"]
         self.window_real += real
         if self.batches % self.every == 0:
             now = time.perf_counter()
@@ -194,7 +192,7 @@ def evaluate_masked_lm(model: nn.Module, loader, device: torch.device | str = "c
     lines, counts, sums = [], [], []
     total, loss_sum, top1, top10 = 0, 0.0, 0, 0
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits, targets, rows = masked_logits(model, batch)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")
         top = logits.topk(10, dim=-1).indices

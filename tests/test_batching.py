@@ -222,6 +222,7 @@ def test_masked_lines_batch():
     assert batch["input_ids"].tolist() == [[2, 13, 14, 3], [2, 10, 3, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert batch["attention_mask"].dtype == torch.int64
+    assert (batch["real_tokens"], batch["padded_tokens"]) == (7, 8)  # plain ints, for logging without a sync
     assert batch["labels"].tolist() == [[-100, -100, 14, -100], [-100, 10, -100, -100]]
     assert batch["line"].tolist() == [10, 7]
 

@@ -37,9 +37,13 @@ def test_picks_are_spread_masked_word_positions_and_depend_on_the_shards_only(ti
     rows = [r for r, _ in picks]
     assert rows == sorted(set(rows)) and rows[0] < 20 and rows[-1] > 180  # spread over the held-out lines
     labels = table.column("labels").to_pylist()
+    originals = [[t if t != IGNORE else i for i, t in zip(ids, lab)]
+                 for ids, lab in zip(table.column("input_ids").to_pylist(), labels)]
     for r, pos in picks:
         assert labels[r][pos] != IGNORE
-        assert tokenizer.convert_ids_to_tokens(labels[r][pos]).isalpha()
+        token = tokenizer.convert_ids_to_tokens(labels[r][pos])
+        following = tokenizer.convert_ids_to_tokens(originals[r][pos + 1])
+        assert token.isalpha() and len(token) > 1 and not following.startswith("##")  # a whole word
     assert pick_positions(table, tokenizer, 0) == [] and len(pick_positions(table.slice(0, 3), tokenizer, 20)) == 3
 
 
