@@ -191,7 +191,7 @@ class FinetuneParams(Section):
 class TrackingParams(Section):
     wandb: Literal["offline", "online", "disabled"] = "offline"
     project: str = "dapt"
-    group: str = ""  # W&B group; empty = the experiment's name, else "default"
+    group: str = ""  # W&B group of every run; empty = the DVC experiment's name, else "workspace"
 
 
 class Params(Section):
