@@ -30,7 +30,8 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .verdict p{margin:.3em 0}
 .warn{padding:.6em 1em;background:#fff6e0;border-left:4px solid #e0a000}
 .better{color:#137333;font-weight:600}.worse{color:#b3261e;font-weight:600}
-.fill td{text-align:left;vertical-align:top;font-size:13px}.fill b{color:#137333}
+.fill td{text-align:left;vertical-align:top;font-size:13px;white-space:normal}.fill b{color:#137333}
+.down td:nth-child(n+7){white-space:normal;min-width:10em}
 pre{background:#f7f7f7;padding:.8em;white-space:pre-wrap;font-size:13px}
 .plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;width:calc(50% - .5em)}figure svg{width:100%;height:auto}
 """
@@ -182,7 +183,7 @@ def downstream_section(down: dict, finetuned: dict) -> list[str]:
                 f"{fmt(m['base']['mean'])} ± {fmt(m['base']['std'])}",
                 f"{fmt(m['adapted']['mean'])} ± {fmt(m['adapted']['std'])}", signed(d["mean"]), ci(d),
                 html.escape(method_words(d, seeds, short=True)), verdict_cell(d["verdict"])] + (
-                [f"{ci(t)} <small>{html.escape(t['verdict'])}</small>" if t else "–"] if second else [])
+                [f"{ci(t)}<br><small>{html.escape(t['verdict'])}</small>" if t else "–"] if second else [])
 
     overall = sorted((k for k in down["metrics"] if "/" not in k), key=lambda k: k != primary)  # primary first
     per_class = [k for k in down["metrics"] if "/" in k]
@@ -193,9 +194,10 @@ def downstream_section(down: dict, finetuned: dict) -> list[str]:
            f"bootstrap: over seeds when there are at least {MIN_PAIRS}, else over test examples (labelled "
            "“test set”)." + (" The last column resamples test examples instead of seeds: the share of the noise "
                              "that comes from the test set's size." if second else "") + "</p>",
-           table(header, [row(k) for k in overall])]
+           table(header, [row(k) for k in overall], "down")]
     if per_class:
-        out += ["<p>Per class (precision, recall, F1 of each label):</p>", table(header, [row(k) for k in per_class])]
+        out += ["<p>Per class (precision, recall, F1 of each label):</p>",
+                table(header, [row(k) for k in per_class], "down")]
     per_seed = []
     for s in down["seeds"]:
         b, a = (finetuned[m]["seeds"][str(s)]["test"] for m in ("base", "adapted"))
@@ -229,7 +231,7 @@ def fill_mask_section(fill_mask: dict | None) -> list[str]:
         cells = []
         for r in (b, a):
             cells.append("<br>".join(
-                (f"<b>{html.escape(tok)}</b>" if tok == r["target"] else html.escape(tok)) + f" {p:.2f}"
+                (f"<b>{html.escape(tok)}</b>" if tok == r["target"] else html.escape(tok)) + f"&nbsp;{p:.2f}"
                 for tok, p in r["top10"][:FILL_MASK_TOP]))
         rows.append([html.escape(b["text"]), f"<b>{html.escape(b['target'])}</b>", *cells])
     if not rows:

@@ -3,7 +3,7 @@
 Checks what a reader sees: the verdict on top, the downstream table, the base and adapted curves drawn in
 their colours, and nothing fetched from anywhere. Saves a full-page screenshot. Also the tool that made
 docs/report.png:  python -c "from tests.test_browser_report import screenshot; screenshot('reports/report.html',
-'docs/report.png', max_height=1700)"
+'docs/report.png', max_height=2120)"
 """
 
 from __future__ import annotations

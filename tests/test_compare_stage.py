@@ -283,8 +283,8 @@ def test_head_caution_follows_the_pretrain_flag(tmp_path):
 def test_fill_mask_side_by_side_and_its_absence(tmp_path):
     compare(write_inputs(tmp_path / "f", BETTER))
     page = (tmp_path / "f" / "reports" / "report.html").read_text()
-    assert "<td>my [MASK] is &lt;0&gt;</td><td><b>love</b></td><td>the 0.10<br>a 0.05</td>" \
-           "<td><b>love</b> 0.30<br>heart 0.20<br>night 0.10</td>" in page
+    assert "<td>my [MASK] is &lt;0&gt;</td><td><b>love</b></td><td>the&nbsp;0.10<br>a&nbsp;0.05</td>" \
+           "<td><b>love</b>&nbsp;0.30<br>heart&nbsp;0.20<br>night&nbsp;0.10</td>" in page
     compare(write_inputs(tmp_path / "n", BETTER, fill_mask=False))
     page = (tmp_path / "n" / "reports" / "report.html").read_text()
     assert "Not available: the evaluate stage wrote no reports/evaluate/&lt;model&gt;/fill_mask.json" in page

@@ -188,8 +188,8 @@ def test_fill_mask_section_joins_lines():
             "adapted": {"rows": [{"line": 3, "text": "a [MASK] <b>", "target": "cat",
                                   "top10": [[f"t{i}", 0.1] for i in range(10)]}]}}
     html = "".join(fill_mask_section(rows))
-    assert "<td>a [MASK] &lt;b&gt;</td><td><b>cat</b></td><td>dog 0.50<br><b>cat</b> 0.25</td>" in html
-    assert "t4 0.10</td>" in html and "t5" not in html  # the top five only
+    assert "<td>a [MASK] &lt;b&gt;</td><td><b>cat</b></td><td>dog&nbsp;0.50<br><b>cat</b>&nbsp;0.25</td>" in html
+    assert "t4&nbsp;0.10</td>" in html and "t5" not in html  # the top five only
     assert "only in base" not in html  # a line must be in both to be compared
     empty = "".join(fill_mask_section({"base": {"rows": []}, "adapted": {"rows": []}}))
     assert "No held-out line to show" in empty and "<table" not in empty
