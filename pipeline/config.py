@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -44,10 +44,14 @@ class SplitParams(Section):
     def _lengths(self) -> SplitParams:
         if self.max_chars < self.min_chars:
             raise ValueError(f"max_chars = {self.max_chars} is below min_chars = {self.min_chars}")
-        if 0 < self.leak_ngram < 3:
-            raise ValueError(f"leak_ngram = {self.leak_ngram}: use 0 (off) or at least 3 (shorter runs of words "
-                             "are shared by unrelated texts)")
         return self
+
+    @field_validator("leak_ngram")
+    @classmethod
+    def _ngram(cls, n: int) -> int:
+        if 0 < n < 3:
+            raise ValueError("use 0 (off) or at least 3 (shorter runs of words are shared by unrelated texts)")
+        return n
 
 
 class MaskParams(Section):

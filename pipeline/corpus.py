@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from pipeline.config import SplitParams
 from pipeline.masking import mix64, uniform
 from pipeline.shards import ShardWriter
-from pipeline.text import Batch, expand_inputs, normalize_array, read_batches
+from pipeline.text import Batch, InputError, expand_inputs, normalize_array, read_batches
 
 LINES_SCHEMA = pa.schema([("text", pa.string()), ("source", pa.string()), ("line_no", pa.int64()),
                           ("doc", pa.int64()), ("section", pa.int64())])
@@ -151,7 +151,7 @@ def split_corpus(params: SplitParams, out_dir: Path, seed: int, leak_texts: Iter
         counts: Counter[str] = Counter()
         spill_path, buckets = work / "spill.arrow", _Buckets(work)
         seq, empty_files, bytes_in = 0, 0, 0
-        bar = tqdm(desc="split: read", unit=" lines", unit_scale=True)
+        bar = tqdm(desc="split: read", unit=" lines", unit_scale=True, disable=None)  # no bar unless a terminal
         with pa.ipc.new_stream(str(spill_path), _SPILL_SCHEMA) as spill, bar:
             for path in files:
                 source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
@@ -194,7 +194,7 @@ def split_corpus(params: SplitParams, out_dir: Path, seed: int, leak_texts: Iter
     for split in ("train", "val"):
         if out["lines"][split] == 0:
             hint = " (raise split.val_fraction or add text)" if split == "val" else ""
-            raise ValueError(f"{', '.join(params.inputs)}: no {split} lines left after filtering{hint}: "
+            raise InputError(f"{', '.join(params.inputs)}: no {split} lines left after filtering{hint}: "
                              f"{stats['lines_in']} lines in, dropped {stats['dropped']}")
     return stats
 

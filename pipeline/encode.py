@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from pipeline.config import MaskParams
 from pipeline.masking import IGNORE, MaskSpec, flat, mask_batch, targets
 from pipeline.shards import ShardWriter, shard_paths
+from pipeline.text import InputError
 
 MASKED_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())),
@@ -215,7 +216,7 @@ def mask_corpus(lines_dir: Path, out_dir: Path, tokenizer, params: MaskParams, s
             writers = [ShardWriter(out_dir, f".{split}-copy{c}", schema, params.shard_lines) for c in range(copies)]
             s = _Stats(params, added, tokenizer.unk_token_id)
             start = 0
-            with tqdm(desc=f"mask {split}", unit=" lines", unit_scale=True) as bar:
+            with tqdm(desc=f"mask {split}", unit=" lines", unit_scale=True, disable=None) as bar:
                 for _, files in tokenize_lines(lines_dir, split, tokenizer, params, Path(cache),
                                                word_ids=params.whole_word):
                     for chunk in _batches(files, BATCH):
@@ -230,7 +231,8 @@ def mask_corpus(lines_dir: Path, out_dir: Path, tokenizer, params: MaskParams, s
                 os.replace(part, out_dir / f"{split}-{i:05d}.arrow")
             stats[split] = s.result(copies, sum(w.rows for w in writers), len(parts))
     if stats["train"]["rows"] == 0:
-        raise ValueError(f"{lines_dir}: no training line has a token that can be masked")
+        raise InputError(f"{lines_dir}: no training line has a token that can be masked (the base tokenizer "
+                         "knows none of their words?)")
     return stats
 
 

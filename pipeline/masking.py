@@ -147,9 +147,9 @@ def mask_lines(ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, copy: in
     ids = np.asarray(ids)
     offsets = np.asarray(offsets, dtype=np.int64)
     n_lines, n = len(offsets) - 1, len(ids)
-    if n_lines >= 1 << 24:
-        raise ValueError(f"mask_lines: {n_lines} lines in one batch; at most {1 << 24}")
     lengths = np.diff(offsets)
+    if n_lines >= 1 << 24 or (n_lines and lengths.max() > 1 << 12):
+        raise ValueError(f"mask_lines: at most {1 << 24} lines of at most {1 << 12} tokens in one batch")
     line_of = np.repeat(np.arange(n_lines, dtype=np.uint64), lengths)
     starts = np.repeat(offsets[:-1], lengths)
     pos = np.arange(n, dtype=np.int64) - starts
@@ -167,9 +167,10 @@ def mask_lines(ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, copy: in
         else:
             unit = key = pos
         score = mix64((h_tok ^ _S_SCORE) + (key.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
-        # Sort by (line, score): one stable radix-friendly key; non-targets sort last in their line.
-        top = np.where(ok, score >> np.uint64(24), np.uint64((1 << 40) - 1))
-        order = np.argsort((line_of << np.uint64(40)) | top, kind="stable")
+        # Sort by (line, score, position) packed in one key: 24 + 28 + 12 bits. Keys are unique, so any sort
+        # algorithm gives the same order (the fastest one may differ between machines); non-targets go last.
+        top = np.where(ok, score >> np.uint64(36), np.uint64((1 << 28) - 1))
+        order = np.argsort((line_of << np.uint64(40)) | (top << np.uint64(12)) | pos.astype(np.uint64))
     rank = pos  # lines stay in place under the sort, so the i-th sorted token of a line has rank i
     if not spec.whole_word:
         chosen_sorted = rank < k

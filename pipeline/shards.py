@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.text import InputError
+
+
+class MissingShards(InputError, FileNotFoundError):
+    """A stage's input shards are not there: one line for the user, and still a FileNotFoundError."""
+
 
 class ShardWriter:
     """Append record batches; a new shard file starts every `rows_per_shard` rows.
@@ -68,7 +74,7 @@ class ShardWriter:
 def shard_paths(folder: str | Path, prefix: str) -> list[Path]:
     paths = sorted(Path(folder).glob(f"{prefix}-*.arrow"))
     if not paths:
-        raise FileNotFoundError(f"{folder}: no {prefix}-*.arrow shards (did the previous stage run?)")
+        raise MissingShards(f"{folder}: no {prefix}-*.arrow shards (did the previous stage run?)")
     return paths
 
 

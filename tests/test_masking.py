@@ -363,3 +363,9 @@ def test_token_id_outside_the_vocabulary_is_an_error():
 def test_empty_batch():
     out, labels = mask_lines(np.zeros(0, np.int32), np.array([0]), np.zeros(0, np.int64), 0, 0, SPEC)
     assert out.shape == labels.shape == (0,)
+
+
+def test_line_longer_than_the_sort_key_allows_is_an_error():
+    ids = np.full(5000, 7, dtype=np.int32)
+    with pytest.raises(ValueError, match="at most 4096 tokens"):
+        mask_lines(ids, np.array([0, 5000]), np.arange(1), 0, 0, SPEC)
