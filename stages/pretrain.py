@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +112,10 @@ def adapt(trainer, module, data, last: Path, curves) -> None:
 
 def main(argv: list[str]) -> None:
     parser(__doc__, "dapt pretrain").parse_args(argv)
+    # Lightning starts the other DDP ranks by re-running this process's command line. Under the `dapt` console
+    # script that line is not runnable (argv[0] is "dapt pretrain"): point it at this file instead.
+    if getattr(sys.modules["__main__"], "__spec__", None) is None and not sys.argv[0].endswith(".py"):
+        sys.argv = [str(Path(__file__).resolve()), *argv]
     params = load_params()
     p = params.pretrain
     set_threads(p.threads)

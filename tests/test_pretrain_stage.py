@@ -65,6 +65,17 @@ def test_two_ddp_processes_on_cpu_same_batches_per_rank_loss_down_model_loads(ma
     assert curve[0] == "step,loss" and [r.split(",")[0] for r in curve[1:]] == ["0", "5", "10"]
 
 
+def test_the_dapt_command_launches_ddp_too(masked, tmp_path):
+    """Lightning starts the second rank by re-running the command line; `dapt pretrain` must survive that."""
+    import sys
+
+    repo = copy_with(masked, tmp_path / "cli", devices=2, max_steps=3, val_every=3, head_warmup_steps=0)
+    dapt = Path(sys.executable).parent / "dapt"
+    proc = subprocess.run([str(dapt), "pretrain"], cwd=repo, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert metrics(repo, "pretrain")["batches_per_rank"] == [3, 3]
+
+
 def checkpoint_step(repo: Path) -> int:
     import torch
 
@@ -128,6 +139,20 @@ def test_dynamic_masking_from_the_mask_stage_trains_and_matches_its_epoch_0_stat
     assert dynamic is not None and dynamic.spec.whole_word == whole_word
     loader = masked_loader(train, 0, 4096, dynamic=dynamic)
     assert sum(int((b["labels"] != IGNORE).sum()) for b in loader) == stats["train"]["masked"]
+
+
+def test_epochs_instead_of_steps_and_a_cosine_schedule(masked, tmp_path):
+    from pipeline.batching import TokenBudgetSampler
+    from pipeline.shards import read_shards
+
+    repo = copy_with(masked, tmp_path / "epochs", max_steps=0, epochs=2, batch_tokens=8192, schedule="cosine",
+                     head_warmup_steps=0, val_every=1000)
+    run(repo, "python", "-m", "stages.pretrain")
+    lengths = read_shards(repo / "artifacts" / "masked", "train").column("length").to_numpy()
+    per_epoch = len(TokenBudgetSampler(lengths, 8192))  # the shards hold dupe_factor copies: one pass over all
+    m = metrics(repo, "pretrain")
+    assert m["steps"] == 2 * per_epoch and m["batches_per_rank"] == [2 * per_epoch]
+    assert m["real_tokens"] == 2 * int(lengths.sum())  # every row of every copy, twice
 
 
 def test_a_diverging_run_stops_with_one_clear_line(masked, tmp_path):
