@@ -19,7 +19,9 @@ def main(argv: list[str]) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", nargs="+", metavar="TEXT", help=f"a text with {MASK} where a word is missing")
     p.add_argument("--model", action="append", metavar="MODEL",
-                   help="a model to ask (repeat for more columns); default: base and adapted")
+                   help="a model to ask: a hub id, a folder, or base / adapted (the pipeline's models/, "
+                        "from base_model in params.yaml and the pretrain stage); repeat for more columns; "
+                        "default: base and adapted")
     p.add_argument("--top", type=int, default=10, help="guesses per model (default 10)")
     args = p.parse_args(argv)
     names = args.model or list(MODEL_NAMES)

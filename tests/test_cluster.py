@@ -7,6 +7,7 @@ distribution, its default), and Lightning's own SLURMEnvironment reads them. tor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -23,6 +24,9 @@ import pytest
 import pytorch_lightning as pl
 import yaml
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning_fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+from pytorch_lightning.utilities.rank_zero import rank_zero_only as pl_rank_zero_only
 
 from tests.conftest import ROOT
 from tests.test_pipeline_e2e import TINY_PARAMS, env, make_repo, run, stages_run
@@ -75,10 +79,23 @@ LAUNCHER_VARS = ("SLURM_", "TORCHELASTIC_", "MASTER_", "WORLD_SIZE", "RANK", "LO
                  "LOCAL_WORLD_SIZE")
 
 
+@contextlib.contextmanager
+def rank_zero_restored():
+    """A DDP Trainer sets the process-wide rank_zero_only.rank to its global rank; put it back, or every later test
+    in this process would see itself as rank 7 (loggers then hand out Lightning's no-op DummyExperiment)."""
+    flags = (utils_rank_zero_only, fabric_rank_zero_only, pl_rank_zero_only)
+    saved = [getattr(flag, "rank", 0) for flag in flags]
+    try:
+        yield
+    finally:
+        for flag, rank in zip(flags, saved):
+            flag.rank = rank
+
+
 def lightning_sees(process_env: dict[str, str], devices: int, num_nodes: int) -> dict:
     """Build a DDP Trainer in this process's environment: which cluster, world and ranks does Lightning make of it?"""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARS)}
-    with mock.patch.dict(os.environ, {**clean, **process_env}, clear=True):
+    with mock.patch.dict(os.environ, {**clean, **process_env}, clear=True), rank_zero_restored():
         trainer = pl.Trainer(accelerator="cpu", devices=devices, num_nodes=num_nodes, strategy="ddp", logger=False,
                              enable_checkpointing=False, enable_progress_bar=False)
         cluster = trainer.strategy.cluster_environment

@@ -129,13 +129,17 @@ def test_misspelt_top_level_section(tmp_path):
     ({"mask": {"mlm_probability": 1.5}}, "mask.mlm_probability = 1.5"),
     ({"split": {"val_fraction": 0}}, "split.val_fraction = 0"),
     ({"mask": {"max_seq_len": 4}}, "mask.max_seq_len = 4"),
-    ({"pretrain": {"max_steps": 0}}, "pretrain.max_steps = 0"),
     ({"finetune": {"warmup_ratio": 1.0}}, "finetune.warmup_ratio = 1.0"),
 ])
 def test_value_out_of_range(tmp_path, raw, needle):
     msg = load_error(tmp_path, raw)
     assert needle in msg
     assert ("less than" in msg) or ("greater than" in msg)
+
+
+def test_a_pretrain_of_no_length_says_which_two_keys(tmp_path):
+    msg = load_error(tmp_path, {"pretrain": {"max_steps": 0}})  # epochs defaults to 0: the run would not train
+    assert "pretrain = {'max_steps': 0}: max_steps and epochs are both 0: set one of them" in msg
 
 
 @pytest.mark.parametrize("raw, needle, allowed", [
