@@ -37,11 +37,15 @@ def parser(doc: str, prog: str, model: bool = False) -> argparse.ArgumentParser:
 def run(main: Callable[[list[str]], None]) -> None:
     """Run a stage's main(); known input/params errors end as one line on stderr and exit status 2."""
     from pipeline.config import ParamsError
-    from pipeline.models import ModelError
     from pipeline.text import InputError
 
     try:
         main(sys.argv[1:])
-    except (ParamsError, InputError, ModelError) as err:
+    except Exception as err:
+        # ModelError lives next to transformers, whose import costs seconds: a stage that never loaded
+        # pipeline.models (split, compare, launch, any --help) cannot have raised it, so it is not imported here.
+        models = sys.modules.get("pipeline.models")
+        if not isinstance(err, (ParamsError, InputError, *([models.ModelError] if models else []))):
+            raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
