@@ -61,15 +61,23 @@ def wandb_mode(tracking: TrackingParams) -> str:
     return mode if mode in ("online", "disabled") else "offline"
 
 
-def wandb_logger(tracking: TrackingParams, name: str, job_type: str, tags: list[str], config: dict):
-    """A Lightning WandbLogger, or None when tracking is disabled. Close it with `finish_wandb`."""
+def _new_run_mode(tracking: TrackingParams) -> str | None:
+    """The mode of a run about to start (None: tracking disabled), with ./wandb made and W&B's chatter off."""
     mode = wandb_mode(tracking)
     if mode == "disabled":
         return None
-    from pytorch_lightning.loggers import WandbLogger
-
     os.environ.setdefault("WANDB_SILENT", "true")
     Path(WANDB_DIR).mkdir(exist_ok=True)
+    return mode
+
+
+def wandb_logger(tracking: TrackingParams, name: str, job_type: str, tags: list[str], config: dict):
+    """A Lightning WandbLogger, or None when tracking is disabled. Close it with `finish_wandb`."""
+    mode = _new_run_mode(tracking)
+    if mode is None:
+        return None
+    from pytorch_lightning.loggers import WandbLogger
+
     # save_dir is the folder *holding* wandb/: runs land in ./wandb/offline-run-*, where `wandb sync` looks.
     # Absolute: W&B's background service, shared by the runs of one process, resolves paths from its own cwd.
     return WandbLogger(project=tracking.project, name=name, group=wandb_group(tracking), job_type=job_type,
@@ -79,13 +87,11 @@ def wandb_logger(tracking: TrackingParams, name: str, job_type: str, tags: list[
 
 def wandb_run(tracking: TrackingParams, name: str, job_type: str, tags: list[str], config: dict):
     """A plain W&B run for a stage without a Lightning Trainer (compare), or None when tracking is disabled."""
-    mode = wandb_mode(tracking)
-    if mode == "disabled":
+    mode = _new_run_mode(tracking)
+    if mode is None:
         return None
     import wandb
 
-    os.environ.setdefault("WANDB_SILENT", "true")
-    Path(WANDB_DIR).mkdir(exist_ok=True)
     return wandb.init(project=tracking.project, name=name, group=wandb_group(tracking), job_type=job_type,
                       tags=tags, config=config, mode=mode, dir=str(Path.cwd()))
 

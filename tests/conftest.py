@@ -52,3 +52,24 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_headless(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert-headless"), with_head=False)
+
+
+def run_command(capsys, prog: str, main, *argv: str) -> tuple[int, str, str]:
+    """Run a `dapt` command in this process, as the console script does (stages.run: known errors -> one line,
+    exit 2): its exit status, stdout and stderr. What was printed before the call is dropped."""
+    import sys
+
+    from stages import run
+
+    capsys.readouterr()
+    old = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        run(main)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -15,20 +15,8 @@ from pipeline.downstream import (ClassificationModule, Collate, EpochOrder, Labe
 from pipeline.features import FeatureCache, pool, pooled_features, tokenize
 from pipeline.models import load_encoder, load_tokenizer
 from pipeline.tasks import load_task
-from tests.test_finetune_learns import Words, imbalanced_task, labeled_task, pair_task, topic_task, write_jsonl
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def words(tiny_headless):
-    return Words(tiny_headless, topics=4, per_topic=5)
+from tests.test_finetune_learns import (  # noqa: F401 (one_thread, words: fixtures, used by pytest)
+    imbalanced_task, labeled_task, one_thread, pair_task, topic_task, words, write_jsonl)
 
 
 def small_triplets(folder, n=24):

@@ -17,25 +17,16 @@ from pipeline.features import pooled_features
 from pipeline.finetuned import save_finetuned, vectors
 from pipeline.models import load_encoder, load_tokenizer
 from pipeline.tasks import load_task
-from stages import embed, run
-from tests.conftest import ROOT
+from stages import embed
+from tests.conftest import ROOT, run_command
 from tests.test_finetune_learns import one_thread  # noqa: F401 (an autouse fixture)
 
 TEXTS = ["the river runs", "a much longer line about the night and the stars and the moon", "bread", "the river runs"]
 
 
 def call(capsys, *argv) -> tuple[int, str]:
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["dapt embed", *argv]
-    try:
-        run(embed.main)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
+    code, _, err = run_command(capsys, "dapt embed", embed.main, *argv)
+    return code, err
 
 
 def test_txt_input_gives_pooled_vectors_in_input_order(tmp_path, tiny_headless):

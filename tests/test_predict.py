@@ -16,8 +16,8 @@ from pipeline.downstream import finetune_seed
 from pipeline.finetuned import distances, load_finetuned, probabilities, save_finetuned
 from pipeline.models import load_tokenizer
 from pipeline.tasks import load_task
-from stages import predict, run
-from tests.conftest import ROOT
+from stages import predict
+from tests.conftest import ROOT, run_command
 from tests.test_finetune_learns import Words, one_thread, pair_task, triplet_task  # noqa: F401 (one_thread: autouse)
 
 
@@ -32,18 +32,7 @@ def finetuned(tmp_path, tiny, task, params: FinetuneParams, weights: bool = True
 
 
 def call(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what came before (training progress)
-    old = sys.argv
-    sys.argv = ["dapt predict", *argv]
-    try:
-        run(predict.main)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_command(capsys, "dapt predict", predict.main, *argv)
 
 
 @pytest.fixture(scope="module")
