@@ -205,7 +205,8 @@ def mask_corpus(lines_dir: Path, out_dir: Path, tokenizer, params: MaskParams, s
                    "mlm_probability": params.mlm_probability, "whole_word": params.whole_word,
                    "tokenizer": {"vocab_size": len(tokenizer), "unk_token": tokenizer.unk_token}}
     added = specials_per_line(tokenizer)
-    with tempfile.TemporaryDirectory(prefix=".tokenized-", dir=out_dir.parent) as cache:
+    # Inside out_dir (the stage's temporary output folder): what a SIGKILL leaves is swept with that folder.
+    with tempfile.TemporaryDirectory(prefix=".tokenized-", dir=out_dir) as cache:
         for split in ("train", "val"):
             dynamic = params.mode == "dynamic" and split == "train"
             copies = 1 if dynamic or split == "val" else params.dupe_factor

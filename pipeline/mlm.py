@@ -15,9 +15,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from pipeline.batching import DynamicMasking, masked_loader
+from pipeline.io import atomic_file
 from pipeline.masking import IGNORE
 from pipeline.models import head_parameters
 from pipeline.optim import adamw_warmup_linear
@@ -25,6 +27,16 @@ from pipeline.optim import adamw_warmup_linear
 
 class Diverged(RuntimeError):
     """The loss or the weights stopped being finite numbers; training stops, the last good checkpoint stays."""
+
+
+class CheckpointBeside(TorchCheckpointIO):
+    """Checkpoints written to a temporary sibling and renamed into place. Lightning's own save goes through a
+    file in TMPDIR moved into place: a copy, not a rename, when /tmp is another file system (a kill mid-copy
+    truncates last.ckpt), and a full /tmp fails a run whose own disk has room."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_file(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 def sparse_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:

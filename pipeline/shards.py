@@ -80,5 +80,11 @@ def shard_paths(folder: str | Path, prefix: str) -> list[Path]:
 
 def read_shards(folder: str | Path, prefix: str) -> pa.Table:
     """All shards of one split as one memory-mapped table (zero-copy; nothing is read until used)."""
-    tables = [pa.ipc.open_stream(pa.memory_map(str(p))).read_all() for p in shard_paths(folder, prefix)]
+    tables = []
+    for path in shard_paths(folder, prefix):
+        try:
+            tables.append(pa.ipc.open_stream(pa.memory_map(str(path))).read_all())
+        except (pa.ArrowInvalid, OSError) as err:  # shards are renamed into place whole: damaged from outside
+            raise InputError(f"{path}: truncated or corrupt Arrow shard ({str(err).splitlines()[0][:100]}); "
+                             "`dvc repro` rebuilds it (DVC sees its hash changed)") from None
     return pa.concat_tables(tables)

@@ -178,7 +178,15 @@ def _line_blocks(path: Path, counts: Counter) -> Iterator[_Lines]:
                 offset, carry, skipping = offset + len(carry), b"", True
             continue
         block, carry = buf[:cut], buf[cut:]
-        lines = _block(block, _line_ends(block), line, offset)
+        ends = _line_ends(block)
+        if ends[0] > MAX_LINE_BYTES:  # a carried line that passed the limit in this very read: skipped too
+            counts["too_long"] += 1
+            counts["lines_in"] += 1
+            skip = int(ends[0])
+            block, ends, line, offset, cut = block[skip:], ends[1:] - skip, line + 1, offset + skip, cut - skip
+            if not len(ends):
+                continue
+        lines = _block(block, ends, line, offset)
         yield lines
         line, offset = line + len(lines.raw), offset + cut
     if carry and not skipping:

@@ -35,13 +35,20 @@ def parser(doc: str, prog: str, model: bool = False) -> argparse.ArgumentParser:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's main(); known input/params errors end as one line on stderr and exit status 2."""
+    """Run a stage's main(); known input/params errors end as one line on stderr and exit status 2, a full disk
+    (or a file-size limit) as one line naming what was being written and exit status 1."""
     from pipeline.config import ParamsError
+    from pipeline.io import room_reason
     from pipeline.text import InputError
 
     try:
         main(sys.argv[1:])
     except Exception as err:
+        reason = room_reason(err)
+        if reason is not None:  # outputs are written atomically: nothing half-written is left behind
+            path = getattr(err, "path", None) or getattr(err, "filename", None) or "a file"
+            print(f"error: no space left writing {path} ({reason})", file=sys.stderr)
+            raise SystemExit(1) from None
         # ModelError lives next to transformers, whose import costs seconds: a stage that never loaded
         # pipeline.models (split, compare, launch, any --help) cannot have raised it, so it is not imported here.
         models = sys.modules.get("pipeline.models")

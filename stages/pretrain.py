@@ -28,9 +28,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pipeline.batching import DynamicMasking, TokenBudgetSampler
 from pipeline.config import ParamsError, load_params
 from pipeline.io import atomic_dir, read_json, write_json
-from pipeline.mlm import Diverged, MaskedLM, MaskedShardData, Throughput, micro_batch
+from pipeline.mlm import CheckpointBeside, Diverged, MaskedLM, MaskedShardData, Throughput, micro_batch
 from pipeline.models import load_masked_lm, load_tokenizer, local_folder, save_pretrained, set_threads
 from pipeline.shards import read_shards
+from pipeline.text import InputError
 from pipeline.tracking import Curves, finish_wandb, wandb_logger, write_curve
 from stages import CHECKPOINTS, MASKED, MODELS, REPORTS, parser, run
 
@@ -100,7 +101,11 @@ def adapt(trainer, module, data, last: Path, curves) -> None:
     measured before the first step and after the last."""
     resume = str(last) if last.is_file() else None
     if resume:
-        step = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        try:
+            step = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        except Exception as err:  # checkpoints are renamed into place whole, so this is damage from outside
+            raise InputError(f"{resume}: cannot resume from this checkpoint ({str(err).splitlines()[0][:100]}); "
+                             f"restore it, or delete {CHECKPOINTS} to start the run afresh") from None
         print(f"pretrain: resuming from {resume} (step {step})")
     else:
         trainer.validate(module, datamodule=data, verbose=False)
@@ -139,7 +144,8 @@ def main(argv: list[str]) -> None:
     checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0,
                                  every_n_train_steps=p.checkpoint_every)
     trainer = make_trainer(p, precision, p.max_steps or -1, p.epochs or -1, [curves, throughput, checkpoint],
-                           logger, val_check_interval=p.val_every * p.accumulate, check_val_every_n_epoch=None)
+                           logger, val_check_interval=p.val_every * p.accumulate, check_val_every_n_epoch=None,
+                           plugins=[CheckpointBeside()])
     world, zero = trainer.world_size, trainer.is_global_zero
     tokens, rows = micro_batch(p.batch_tokens, p.batch_size, world, p.accumulate)
     longest = pc.max(train.column("length")).as_py() or 0
