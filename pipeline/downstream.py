@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pipeline.config import FinetuneParams, ParamsError
 from pipeline.features import FeatureCache, pool, tokenize
-from pipeline.models import load_encoder, load_tokenizer
+from pipeline.models import SAFE, Trust, load_encoder, load_tokenizer
 from pipeline.optim import adamw_warmup_linear
 from pipeline.tasks import SPLITS, TaskData
 from pipeline.tracking import Curves
@@ -320,14 +320,14 @@ def phases(params: FinetuneParams) -> list[tuple[bool, int]]:
 
 
 def finetune_seed(model_dir: str, data: TaskData, params: FinetuneParams, seed: int,
-                  cache: FeatureCache | None = None, logger=None, callbacks=()) -> dict:
+                  cache: FeatureCache | None = None, logger=None, callbacks=(), trust: Trust = SAFE) -> dict:
     """Fine-tune one copy of the encoder in `model_dir` with one seed; test the epoch with the best dev loss.
 
     `cache`: the frozen encoder's features (task_features), shared by the seeds; computed here if missing and
     needed. Returns {"dev": best dev metrics, "test": test metrics, "best_epoch", "curves": {name: [(step,
     value)]}, "per_example": test outputs per example, "module": the model at its best epoch}.
     """
-    tokenizer, encoder = load_tokenizer(model_dir), load_encoder(model_dir)
+    tokenizer, encoder = load_tokenizer(model_dir, trust), load_encoder(model_dir, trust)
     plan = phases(params)
     if plan[0][0] and cache is None:
         cache = task_features(encoder, tokenizer, data, params)

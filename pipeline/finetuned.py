@@ -17,7 +17,7 @@ from pipeline.config import FinetuneParams
 from pipeline.downstream import Downstream, TripletModule, build_module, distance
 from pipeline.features import tokenize
 from pipeline.io import read_json, write_json
-from pipeline.models import ModelError, load_encoder, load_tokenizer, save_pretrained
+from pipeline.models import SAFE, ModelError, Trust, load_encoder, load_tokenizer, save_pretrained
 
 META = "finetune.json"
 HEAD = "head.safetensors"
@@ -37,7 +37,7 @@ def is_finetuned(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
 
 
-def load_finetuned(folder: str | Path) -> tuple[Downstream, object, dict]:
+def load_finetuned(folder: str | Path, trust: Trust = SAFE) -> tuple[Downstream, object, dict]:
     """(module in eval mode, tokenizer, meta) of a folder written by save_finetuned."""
     folder = Path(folder)
     if not is_finetuned(folder):
@@ -48,10 +48,10 @@ def load_finetuned(folder: str | Path) -> tuple[Downstream, object, dict]:
         raise ModelError(f"{folder}: saved without weights; set finetune.save_model: true in params.yaml and "
                          "rerun the finetune stage")
     params = FinetuneParams(**meta["finetune"])
-    module = build_module(load_encoder(str(folder)), meta["task"], meta["labels"], params)
+    module = build_module(load_encoder(str(folder), trust), meta["task"], meta["labels"], params)
     if module.head is not None:
         module.head.load_state_dict(load_file(folder / HEAD))
-    return module.eval(), load_tokenizer(str(folder)), meta
+    return module.eval(), load_tokenizer(str(folder), trust), meta
 
 
 @torch.no_grad()

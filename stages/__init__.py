@@ -34,6 +34,15 @@ def parser(doc: str, prog: str, model: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+def trust_flags(p: argparse.ArgumentParser) -> None:
+    """The opt-ins of the `dapt` tools that load any model (params.yaml's trust_remote_code and
+    allow_pickle_weights, for the pipeline's stages): off unless given."""
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model folder's own Python code (config.json auto_map); only for code you have read")
+    p.add_argument("--allow-pickle-weights", action="store_true",
+                   help="also load pytorch_model.bin (pickle) when the model has no safetensors weights")
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """Run a stage's main(); known input/params errors end as one line on stderr and exit status 2, a full disk
     (or a file-size limit) as one line naming what was being written and exit status 1."""

@@ -24,10 +24,10 @@ import torch
 from pipeline.features import encode_batches, pool
 from pipeline.finetuned import is_finetuned, load_finetuned
 from pipeline.io import atomic_file
-from pipeline.models import load_encoder, load_tokenizer, set_threads
+from pipeline.models import Trust, load_encoder, load_tokenizer, set_threads
 from pipeline.tasks import field_text, read_rows
 from pipeline.text import InputError
-from stages import run
+from stages import run, trust_flags
 
 CHUNK = 4096  # texts per Parquet row group: memory stays flat however long the input
 
@@ -59,16 +59,19 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-seq-len", type=int, default=0, help="default: a fine-tuned model's own, else 128")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    trust_flags(ap)
     args = ap.parse_args(argv)
+    trust = Trust(args.trust_remote_code, args.allow_pickle_weights)
     if args.output.suffix != ".parquet":
         raise InputError(f"{args.output}: the output must be a .parquet file")
     set_threads(args.threads)
     if is_finetuned(args.model):
-        module, tokenizer, meta = load_finetuned(args.model)
+        module, tokenizer, meta = load_finetuned(args.model, trust)
         encoder, own = module.encoder, meta["finetune"]
         project = module.head if meta["task"] == "triplet" else None
     else:
-        encoder, tokenizer, own, project = load_encoder(args.model), load_tokenizer(args.model), {}, None
+        encoder, tokenizer = load_encoder(args.model, trust), load_tokenizer(args.model, trust)
+        own, project = {}, None
     pooling = args.pooling or own.get("pooling", "mean")
     max_len = args.max_seq_len or own.get("max_seq_len", 128)
     encoder.to("cuda" if torch.cuda.is_available() else "cpu")

@@ -20,7 +20,7 @@ from pipeline.config import load_params
 from pipeline.fill_mask import held_out_rows, pick_positions
 from pipeline.io import atomic_file, write_json
 from pipeline.mlm import evaluate_masked_lm, held_out_masking
-from pipeline.models import load_masked_lm, load_tokenizer
+from pipeline.models import Trust, load_masked_lm, load_tokenizer
 from pipeline.shards import read_shards
 from stages import MASKED, MODELS, REPORTS, parser, run
 
@@ -32,8 +32,9 @@ def main(argv: list[str]) -> None:
     e = params.evaluate
     folder = MODELS / name
     pl.seed_everything(params.seed, verbose=False)
-    tokenizer = load_tokenizer(str(folder))
-    model, _ = load_masked_lm(str(folder))
+    trust = Trust.of(params)
+    tokenizer = load_tokenizer(str(folder), trust)
+    model, _ = load_masked_lm(str(folder), trust)
     val = read_shards(MASKED, "val")
     if e.max_lines:
         val = val.slice(0, e.max_lines)

@@ -10,8 +10,8 @@ Type [MASK] whatever the model: it becomes each model's own mask token (<mask> f
 import argparse
 
 from pipeline.fill_mask import MASK, fill_text, side_by_side
-from pipeline.models import ModelError, load_masked_lm, load_tokenizer
-from stages import MODEL_NAMES, MODELS
+from pipeline.models import ModelError, Trust, load_masked_lm, load_tokenizer
+from stages import MODEL_NAMES, MODELS, trust_flags
 
 
 def main(argv: list[str]) -> None:
@@ -23,12 +23,14 @@ def main(argv: list[str]) -> None:
                         "from base_model in params.yaml and the pretrain stage); repeat for more columns; "
                         "default: base and adapted")
     p.add_argument("--top", type=int, default=10, help="guesses per model (default 10)")
+    trust_flags(p)
     args = p.parse_args(argv)
+    trust = Trust(args.trust_remote_code, args.allow_pickle_weights)
     names = args.model or list(MODEL_NAMES)
     models = {}
     for name in names:
         path = str(MODELS / name) if name in MODEL_NAMES and (MODELS / name).is_dir() else name
-        models[name] = (load_masked_lm(path)[0], load_tokenizer(path))
+        models[name] = (load_masked_lm(path, trust)[0], load_tokenizer(path, trust))
     for text in args.texts:
         answers = {name: fill_text(model, tokenizer, text, args.top) for name, (model, tokenizer) in models.items()}
         masks = {len(a) for a in answers.values()}

@@ -15,7 +15,7 @@ from pipeline.config import load_params
 from pipeline.downstream import finetune_seed, phases, task_features
 from pipeline.finetuned import save_finetuned
 from pipeline.io import atomic_dir, write_json
-from pipeline.models import load_encoder, load_tokenizer, set_threads
+from pipeline.models import Trust, load_encoder, load_tokenizer, set_threads
 from pipeline.tasks import load_task
 from pipeline.tracking import finish_wandb, set_summary, wandb_logger, write_curve
 from stages import MODELS, REPORTS, parser, run
@@ -40,16 +40,16 @@ def main(argv: list[str]) -> None:
     params = load_params()
     p, task = params.finetune, params.task
     set_threads(p.threads)
-    folder = str(MODELS / name)
-    tokenizer = load_tokenizer(folder)
+    folder, trust = str(MODELS / name), Trust.of(params)
+    tokenizer = load_tokenizer(folder, trust)
     data = load_task(task, tokenizer.sep_token, p.max_train_rows)
     # Frozen encoder: its features are the same for every seed, so they are computed once for the model.
-    cache = task_features(load_encoder(folder), tokenizer, data, p) if phases(p)[0][0] else None
+    cache = task_features(load_encoder(folder, trust), tokenizer, data, p) if phases(p)[0][0] else None
     runs, best = {}, None
     for seed in p.seeds:
         logger = wandb_logger(params.tracking, f"finetune-{name}-seed{seed}", "finetune", [name, task.type],
                               {"model": name, "seed": seed, "task": task.model_dump(), "finetune": p.model_dump()})
-        runs[seed] = finetune_seed(folder, data, p, seed, cache, logger)
+        runs[seed] = finetune_seed(folder, data, p, seed, cache, logger, trust=trust)
         module = runs[seed].pop("module")
         if p.save_model and (best is None or runs[seed]["dev"]["loss"] < runs[best[0]]["dev"]["loss"]):
             best = (seed, module)  # the seed with the lowest dev loss is the one saved

@@ -9,14 +9,14 @@ word pieces per word of the base tokenizer on this corpus, length histogram).
 from pipeline.config import load_params
 from pipeline.encode import mask_corpus
 from pipeline.io import atomic_dir, write_json
-from pipeline.models import load_tokenizer
+from pipeline.models import Trust, load_tokenizer
 from stages import LINES, MASKED, parser, run
 
 
 def main(argv: list[str]) -> None:
     parser(__doc__, "dapt mask").parse_args(argv)
     params = load_params()
-    tokenizer = load_tokenizer(params.base_model)
+    tokenizer = load_tokenizer(params.base_model, Trust.of(params))
     with atomic_dir(MASKED) as tmp:
         stats = mask_corpus(LINES, tmp, tokenizer, params.mask, params.seed)
         write_json(tmp / "stats.json", stats)

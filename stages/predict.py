@@ -15,8 +15,8 @@ import argparse
 import json
 
 from pipeline.finetuned import distances, load_finetuned, probabilities
-from pipeline.models import ModelError
-from stages import run
+from pipeline.models import ModelError, Trust
+from stages import run, trust_flags
 
 
 def main(argv: list[str]) -> None:
@@ -27,8 +27,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--pair", action="append", default=[], metavar="TEXT",
                     help="the second text of a pair task, once per text, in the same order")
     ap.add_argument("--json", action="store_true", help="print one JSON object per text instead")
+    trust_flags(ap)
     args = ap.parse_args(argv)
-    module, tokenizer, meta = load_finetuned(args.model)
+    module, tokenizer, meta = load_finetuned(args.model, Trust(args.trust_remote_code, args.allow_pickle_weights))
     max_len = meta["finetune"]["max_seq_len"]
     if meta["task"] == "triplet":
         if len(args.texts) < 2:

@@ -29,7 +29,7 @@ from pipeline.batching import DynamicMasking, TokenBudgetSampler
 from pipeline.config import ParamsError, load_params
 from pipeline.io import atomic_dir, read_json, write_json
 from pipeline.mlm import CheckpointBeside, Diverged, MaskedLM, MaskedShardData, Throughput, micro_batch
-from pipeline.models import load_masked_lm, load_tokenizer, local_folder, save_pretrained, set_threads
+from pipeline.models import Trust, load_masked_lm, load_tokenizer, local_folder, save_pretrained, set_threads
 from pipeline.shards import read_shards
 from pipeline.text import InputError
 from pipeline.tracking import Curves, finish_wandb, wandb_logger, write_curve
@@ -71,14 +71,15 @@ def make_trainer(p, precision: str, max_steps: int, max_epochs: int, callbacks: 
         deterministic=p.accelerator == "cpu" or not torch.cuda.is_available(), **kwargs)
 
 
-def warm_up_head(p, folder: Path, model, tokenizer, data, precision: str, steps: int, like: str, zero: bool):
+def warm_up_head(p, folder: Path, model, tokenizer, data, precision: str, steps: int, like: str, zero: bool,
+                 trust: Trust):
     """Step 1: the base with an MLM head it can be evaluated with, saved in the run folder (once per run).
 
     Returns the model to adapt and the head's training-loss curve."""
     warm, curve_file = folder / "base", folder / "head_loss.json"
     if (warm / "config.json").is_file():
         print(f"pretrain: using the base and its head from {warm}")
-        return load_masked_lm(str(warm))[0], read_json(curve_file)
+        return load_masked_lm(str(warm), trust)[0], read_json(curve_file)
     curves = Curves(every=p.log_every)
     if steps:
         head = MaskedLM(model, p.head_lr, max(1, steps // 10), steps, p.weight_decay, head_only=True)
@@ -125,8 +126,9 @@ def main(argv: list[str]) -> None:
     p = params.pretrain
     set_threads(p.threads)
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    tokenizer = load_tokenizer(params.base_model)
-    model, head_missing = load_masked_lm(params.base_model)  # a missing head is initialised from the seed
+    trust = Trust.of(params)
+    tokenizer = load_tokenizer(params.base_model, trust)
+    model, head_missing = load_masked_lm(params.base_model, trust)  # a missing head is initialised from the seed
     train, val = read_shards(MASKED, "train"), read_shards(MASKED, "val")
     if p.val_lines:
         val = val.slice(0, p.val_lines)
@@ -172,7 +174,7 @@ def main(argv: list[str]) -> None:
 
     try:
         model, head_losses = warm_up_head(p, folder, model, tokenizer, data, precision, warmup_steps,
-                                          params.base_model, zero)
+                                          params.base_model, zero, trust)
         module = MaskedLM(model, p.lr, p.warmup_steps, total_steps, p.weight_decay, p.schedule)
         start = time.perf_counter()
         adapt(trainer, module, data, folder / "last.ckpt", curves)

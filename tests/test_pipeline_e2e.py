@@ -17,6 +17,8 @@ from tests.conftest import ROOT
 
 TINY_PARAMS = {
     "seed": 7,
+    "trust_remote_code": False,  # dvc.yaml declares both for every stage that loads a model
+    "allow_pickle_weights": False,
     "split": {"inputs": ["data/demo/corpus"], "val_fraction": 0.1},
     "mask": {"max_seq_len": 32, "dupe_factor": 2},
     "pretrain": {"max_steps": 12, "batch_size": 32, "val_every": 6, "checkpoint_every": 6, "warmup_steps": 2,
