@@ -96,7 +96,7 @@ def _load(loader, name: str, trust: Trust = SAFE, **kwargs):
     except OSError as err:
         raise ModelError(
             f"{name}: cannot load ({str(err).splitlines()[0]}). Use a local folder, or a hub id already in "
-            "the Hugging Face cache (huggingface-cli download <id>)"
+            "the Hugging Face cache (hf download <id>)"
         ) from None
     except ValueError as err:
         if "trust_remote_code" not in str(err):
