@@ -70,16 +70,19 @@ def _sweep(final: Path) -> None:
         pid = stale.name[len(_prefix(final)):].split("-")[0]
         if pid.isdigit() and _alive(int(pid)):
             continue  # another process is writing this output right now
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists (PermissionError: it does, not ours)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
