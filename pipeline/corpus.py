@@ -160,10 +160,9 @@ def split_corpus(params: SplitParams, out_dir: Path, seed: int, leak_texts: Iter
                 for batch in read_batches(path, params.text_field, params.encoding_errors, params.bad_records,
                                           counts):
                     bar.update(len(batch.text))
-                    kept = _filter(batch, params, leaks, counts)
+                    kept, hi, lo = _filter(batch, params, leaks, counts)
                     if not len(kept.text):
                         continue
-                    hi, lo = line_hashes(kept.text)
                     val = uniform(seed, key, kept.doc) < params.val_fraction
                     spill.write_batch(pa.record_batch(
                         [kept.text, pa.repeat(pa.scalar(source), len(kept.text)), pa.array(kept.line_no),
@@ -199,8 +198,9 @@ def split_corpus(params: SplitParams, out_dir: Path, seed: int, leak_texts: Iter
     return stats
 
 
-def _filter(batch: Batch, params: SplitParams, leaks: Leaks, counts: Counter) -> Batch:
-    """Length filters and the leakage check; counts every line in and every drop reason."""
+def _filter(batch: Batch, params: SplitParams, leaks: Leaks, counts: Counter) -> tuple[Batch, np.ndarray, np.ndarray]:
+    """Length filters and the leakage check; counts every line in and every drop reason. Returns the lines kept
+    and their hashes (`line_hashes`: the leak check needs them, and so does de-duplication)."""
     n = len(batch.text)
     counts["lines_in"] += n
     length = np.asarray(pc.utf8_length(batch.text), dtype=np.int64)
@@ -216,8 +216,9 @@ def _filter(batch: Batch, params: SplitParams, leaks: Leaks, counts: Counter) ->
     counts["leaked_ngram"] += int(shares.sum())
     ok = ~(leaked | shares)
     idx = np.flatnonzero(keep)[ok]
-    return Batch(pc.filter(text, pa.array(ok)) if not ok.all() else text, batch.line_no[idx], batch.doc[idx],
+    kept = Batch(pc.filter(text, pa.array(ok)) if not ok.all() else text, batch.line_no[idx], batch.doc[idx],
                  batch.section[idx])
+    return kept, hi[ok], lo[ok]
 
 
 def _write(spill_path: Path, dup: np.ndarray, out_dir: Path, shard_lines: int) -> dict:

@@ -5,7 +5,7 @@ Tokenizing is where the time goes, so the map calls the Rust tokenizer's batch e
 Arrow arrays back (no Python list per token, no attention mask or token types that nobody reads). Each line
 shard is mapped on its own, so every worker only ever touches one shard's slice, and the tokenized cache is
 read back as a stream: memory stays flat as the corpus grows. Masking then runs vectorized over batches of
-8192 lines with `pipeline.masking.mask_batch`, a pure function of (seed, line, copy).
+8192 lines with `pipeline.masking.LineBatch` (what `mask_batch` calls), a pure function of (seed, line, copy).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import itertools
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from pipeline.config import MaskParams
-from pipeline.masking import IGNORE, MaskSpec, flat, mask_batch, targets
+from pipeline.masking import IGNORE, LineBatch, MaskSpec, flat
 from pipeline.shards import ShardWriter, shard_paths
 from pipeline.text import InputError
 
@@ -89,12 +90,13 @@ class Encoder:
         return pa.table(out)
 
 
-def tokenize_lines(lines_dir: Path, split: str, tokenizer, params: MaskParams, cache_dir: Path,
-                   word_ids: bool = False) -> Iterator[tuple[int, list[Path]]]:
-    """Tokenize the line shards of a split, in order, into Arrow stream files in cache_dir.
+def tokenize_shards(paths: list[Path], tokenizer, params: MaskParams, cache_dir: Path,
+                    word_ids: bool = False) -> Iterator[tuple[int, list[Path]]]:
+    """Tokenize line shards, in order, into Arrow stream files in cache_dir.
 
     Yields (rows, files) per line shard. The next shard is tokenized (in a thread driving the worker
-    processes) while the caller masks the current one, so masking costs no extra wall time."""
+    processes) while the caller masks the current one, so masking costs no extra wall time; pass every shard
+    of every split in one call, so that the workers keep going from the last train shard into the first val one."""
     datasets.disable_progress_bars()
     encoder = Encoder(tokenizer, params.max_seq_len, word_ids)
     procs = num_proc(params)
@@ -104,28 +106,22 @@ def tokenize_lines(lines_dir: Path, split: str, tokenizer, params: MaskParams, c
                                   "words": datasets.Value("int32"),
                                   **({"word_ids": datasets.List(datasets.Value("int32"))} if word_ids else {})})
 
-    def one(i: int, path: Path) -> tuple[int, list[Path]]:
+    def one(path: Path) -> tuple[int, list[Path]]:
         lines = datasets.Dataset.from_file(str(path)).with_format("arrow")
         n = len(lines)
         use = procs if n >= MIN_LINES_PER_PROC * procs else 1  # forking costs more than a few lines
         size = max(1, min(MAP_BATCH, -(-n // use)))
         out = lines.map(encoder, batched=True, batch_size=size, writer_batch_size=size,
                         num_proc=use if use > 1 else None, remove_columns=lines.column_names,
-                        features=features, cache_file_name=str(cache_dir / f"{split}-{i:05d}.arrow"),
-                        new_fingerprint=f"{split}-{i}", load_from_cache_file=False)
+                        features=features, cache_file_name=str(cache_dir / path.name),
+                        new_fingerprint=path.stem, load_from_cache_file=False)
         return n, [Path(f["filename"]) for f in out.cache_files]
 
-    paths = shard_paths(lines_dir, split)
     with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(one, 0, paths[0])
+        ahead = pool.submit(one, paths[0]) if paths else None
         for i in range(len(paths)):
-            current, ahead = ahead, (pool.submit(one, i + 1, paths[i + 1]) if i + 1 < len(paths) else None)
+            current, ahead = ahead, (pool.submit(one, paths[i + 1]) if i + 1 < len(paths) else None)
             yield current.result()
-
-
-def _rows(path: Path) -> int:
-    with pa.ipc.open_stream(pa.OSFile(str(path))) as reader:
-        return sum(b.num_rows for b in reader)
 
 
 def _batches(files: list[Path], size: int) -> Iterator[pa.Table]:
@@ -206,7 +202,10 @@ def mask_corpus(lines_dir: Path, out_dir: Path, tokenizer, params: MaskParams, s
                    "tokenizer": {"vocab_size": len(tokenizer), "unk_token": tokenizer.unk_token}}
     added = specials_per_line(tokenizer)
     # Inside out_dir (the stage's temporary output folder): what a SIGKILL leaves is swept with that folder.
-    with tempfile.TemporaryDirectory(prefix=".tokenized-", dir=out_dir) as cache:
+    shards = {split: shard_paths(lines_dir, split) for split in ("train", "val")}
+    with (tempfile.TemporaryDirectory(prefix=".tokenized-", dir=out_dir) as cache,
+          closing(tokenize_shards(shards["train"] + shards["val"], tokenizer, params, Path(cache),
+                                  word_ids=params.whole_word)) as tokenized):  # closed (its worker done) first
         for split in ("train", "val"):
             dynamic = params.mode == "dynamic" and split == "train"
             copies = 1 if dynamic or split == "val" else params.dupe_factor
@@ -218,8 +217,7 @@ def mask_corpus(lines_dir: Path, out_dir: Path, tokenizer, params: MaskParams, s
             s = _Stats(params, added, tokenizer.unk_token_id)
             start = 0
             with tqdm(desc=f"mask {split}", unit=" lines", unit_scale=True, disable=None) as bar:
-                for _, files in tokenize_lines(lines_dir, split, tokenizer, params, Path(cache),
-                                               word_ids=params.whole_word):
+                for _, files in itertools.islice(tokenized, len(shards[split])):
                     for chunk in _batches(files, BATCH):
                         for writer, table in zip(writers, _mask_chunk(chunk, start, copies, seed, spec, s, dynamic)):
                             writer.write(table)
@@ -246,7 +244,8 @@ def _mask_chunk(chunk: pa.Table, start: int, copies: int, seed: int, spec: MaskS
     words = flat(word_ids)[0] if word_ids is not None else None
     lengths = np.diff(offsets)
     rows = np.arange(start, start + chunk.num_rows, dtype=np.int64)
-    ok = targets(ids, offsets, spec, words)
+    batch = LineBatch(ids, offsets, spec, words)  # the copy-independent work, done once for all copies
+    ok = batch.ok
     ok_sum = np.concatenate([[0], np.cumsum(ok)])
     keep = ok_sum[offsets[1:]] > ok_sum[offsets[:-1]]  # the line has a token that may be masked
     s.corpus(ids, lengths, chunk.column("words").to_numpy(), keep)
@@ -255,8 +254,7 @@ def _mask_chunk(chunk: pa.Table, start: int, copies: int, seed: int, spec: MaskS
     tail = {"length": lengths[keep].astype(np.int32), "line": rows[keep]}
     tables = []
     for copy in range(copies):
-        out, labels = mask_batch(chunk.column("input_ids"), rows, copy, seed, spec, word_ids)
-        out_np, labels_np = out.values.to_numpy(), labels.values.to_numpy()
+        out_np, labels_np = batch.mask(rows, copy, seed)
         s.masks(ids, out_np, labels_np, ok, spec.mask_id)
         if dynamic:  # the loader masks; the stats above describe its epoch-0 masks
             columns = {"input_ids": pa.ListArray.from_arrays(new_offsets, ids[kept_tokens])}

@@ -68,7 +68,8 @@ class MaskSpec:
             object.__setattr__(self, "vocab_size", int(top) + 1)
         if not (0 < self.probability < 1 and 0 <= self.mask_replace and 0 <= self.random_replace
                 and self.mask_replace + self.random_replace <= 1):
-            raise ValueError(f"MaskSpec: bad proportions {self.probability}, {self.mask_replace}, {self.random_replace}")
+            raise ValueError(f"MaskSpec: bad proportions {self.probability}, {self.mask_replace}, "
+                             f"{self.random_replace}")
         if self.random_replace > 0 and len(self.random_ids) == 0:
             raise ValueError("MaskSpec: random_replace > 0 but no random_ids to draw from")
 
@@ -132,6 +133,92 @@ def targets(ids: np.ndarray, offsets: np.ndarray, spec: MaskSpec, word_ids: np.n
     return ok
 
 
+class LineBatch:
+    """A batch of tokenized lines stored flat (line i is ids[offsets[i]:offsets[i+1]]), ready to be masked.
+
+    Everything that does not depend on the copy (or epoch) is worked out once here -- which line each token is
+    in, its position, which tokens may be chosen, the hash term of each token's key -- so that masking the
+    dupe_factor copies of a batch costs one pass each (`mask`), not a full setup each."""
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, spec: MaskSpec, word_ids: np.ndarray | None = None):
+        self.ids = np.asarray(ids)
+        self.offsets = offsets = np.asarray(offsets, dtype=np.int64)
+        self.spec = spec
+        n_lines, n = len(offsets) - 1, len(self.ids)
+        self.lengths = lengths = np.diff(offsets)
+        if n_lines >= 1 << 24 or (n_lines and lengths.max() > 1 << 12):
+            raise ValueError(f"mask_lines: at most {1 << 24} lines of at most {1 << 12} tokens in one batch")
+        self.line_of = line_of = np.repeat(np.arange(n_lines, dtype=np.int64), lengths)
+        self.starts = np.repeat(offsets[:-1], lengths)
+        self.pos = pos = np.arange(n, dtype=np.int64) - self.starts
+        self.ok = ok = targets(self.ids, offsets, spec, word_ids)
+        self.not_ok = np.flatnonzero(~ok)
+        self.n_ok = np.bincount(line_of[ok], minlength=n_lines)
+        if spec.whole_word:  # a unit is a word; its key is its index within the line (batch-independent)
+            self.unit = unit = _runs(offsets, np.asarray(word_ids))
+            key = unit - np.repeat(unit[np.minimum(offsets[:-1], max(n - 1, 0))], lengths) if n else unit
+            self.unit_len = np.bincount(unit)
+        else:
+            key = pos
+        with np.errstate(over="ignore"):
+            self.key_term = (key.astype(np.uint64) + np.uint64(1)) * _GOLDEN
+        # (line, position) part of the sort key: 24 + [28 bits of score, per copy] + 12 bits
+        self.sort_base = (line_of.astype(np.uint64) << np.uint64(40)) | pos.astype(np.uint64)
+
+    def mask(self, lines: np.ndarray, copy: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, labels) of copy (or epoch) `copy` of the lines, whose global indices are `lines`."""
+        spec, ids, pos, n = self.spec, self.ids, self.pos, len(self.ids)
+        with np.errstate(over="ignore"):
+            h_line = hash64(seed, np.asarray(lines, dtype=np.int64), copy)
+            k = np.floor(spec.probability * self.n_ok + _unit(mix64(h_line ^ _S_COUNT))).astype(np.int64)
+            k = np.minimum(np.maximum(k, 1), self.n_ok)[self.line_of]
+            h_tok = h_line[self.line_of]
+            score = h_tok ^ _S_SCORE
+            score += self.key_term
+            _mix64_inplace(score)
+            # Sort by (line, score, position) packed in one key: 24 + 28 + 12 bits. Keys are unique, so any sort
+            # algorithm gives the same order (the fastest one may differ between machines); non-targets go last.
+            top = score >> np.uint64(36)
+            top[self.not_ok] = (1 << 28) - 1
+            top <<= np.uint64(12)
+            top |= self.sort_base
+            order = np.argsort(top)
+        rank = pos  # lines stay in place under the sort, so the i-th sorted token of a line has rank i
+        if not spec.whole_word:
+            chosen_sorted = rank < k
+        else:
+            unit_s = self.unit[order]
+            new_unit = np.r_[True, unit_s[1:] != unit_s[:-1]]
+            c = np.maximum.accumulate(np.where(new_unit, np.arange(n), 0)) - self.starts  # tokens ranked before
+            unit_len = self.unit_len[unit_s]
+            room = k - c
+            room_share = (score[order] & np.uint64(0xFFFFFF)).astype(np.float64) / float(1 << 24)
+            chosen_sorted = (room >= unit_len) | ((room > 0) & ((c == 0) | (room_share < room / unit_len)))
+        where = order[chosen_sorted]
+        where = np.sort(where[self.ok[where]])
+
+        labels = np.full(n, IGNORE, dtype=np.int32)
+        labels[where] = ids[where]
+        out = ids.astype(np.int32, copy=True)
+        with np.errstate(over="ignore"):
+            h_rep = mix64((h_tok[where] ^ _S_REPLACE) + pos[where].astype(np.uint64) * _GOLDEN)
+        r = _unit(h_rep)
+        out[where[r < spec.mask_replace]] = spec.mask_id
+        to_random = (r >= spec.mask_replace) & (r < spec.mask_replace + spec.random_replace)
+        pick = (_unit(mix64(h_rep[to_random])) * len(spec.random_ids)).astype(np.int64)
+        out[where[to_random]] = spec.random_ids[pick]
+        return out, labels
+
+
+def _mix64_inplace(x: np.ndarray) -> None:
+    """`mix64` overwriting x (a uint64 array): no temporary arrays for the large per-token hashes."""
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+
+
 def mask_lines(ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, copy: int, seed: int, spec: MaskSpec,
                word_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mask a batch of tokenized lines stored flat: line i is ids[offsets[i]:offsets[i+1]], global index lines[i].
@@ -143,60 +230,9 @@ def mask_lines(ids: np.ndarray, offsets: np.ndarray, lines: np.ndarray, copy: in
     always taken whole. Chosen tokens become [MASK] / a random token / stay, in the spec's proportions, each
     token deciding on its own (as BERT's whole-word masking does). Returns (input_ids, labels), flat like
     `ids`; labels are IGNORE where not chosen. `copy` is the copy index (static) or the epoch (dynamic).
+    Several copies of one batch: `LineBatch(ids, offsets, spec, word_ids).mask(lines, copy, seed)` per copy.
     """
-    ids = np.asarray(ids)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    n_lines, n = len(offsets) - 1, len(ids)
-    lengths = np.diff(offsets)
-    if n_lines >= 1 << 24 or (n_lines and lengths.max() > 1 << 12):
-        raise ValueError(f"mask_lines: at most {1 << 24} lines of at most {1 << 12} tokens in one batch")
-    line_of = np.repeat(np.arange(n_lines, dtype=np.uint64), lengths)
-    starts = np.repeat(offsets[:-1], lengths)
-    pos = np.arange(n, dtype=np.int64) - starts
-    ok = targets(ids, offsets, spec, word_ids)
-
-    with np.errstate(over="ignore"):
-        h_line = hash64(seed, np.asarray(lines, dtype=np.int64), copy)
-        n_ok = np.bincount(line_of[ok].astype(np.int64), minlength=n_lines)
-        k = np.floor(spec.probability * n_ok + _unit(mix64(h_line ^ _S_COUNT))).astype(np.int64)
-        k = np.minimum(np.maximum(k, 1), n_ok)[line_of.astype(np.int64)]
-        h_tok = h_line[line_of.astype(np.int64)]
-        if spec.whole_word:  # a unit is a word; its key is its index within the line (batch-independent)
-            unit = _runs(offsets, np.asarray(word_ids))
-            key = unit - np.repeat(unit[np.minimum(offsets[:-1], max(n - 1, 0))], lengths) if n else unit
-        else:
-            unit = key = pos
-        score = mix64((h_tok ^ _S_SCORE) + (key.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
-        # Sort by (line, score, position) packed in one key: 24 + 28 + 12 bits. Keys are unique, so any sort
-        # algorithm gives the same order (the fastest one may differ between machines); non-targets go last.
-        top = np.where(ok, score >> np.uint64(36), np.uint64((1 << 28) - 1))
-        order = np.argsort((line_of << np.uint64(40)) | (top << np.uint64(12)) | pos.astype(np.uint64))
-    rank = pos  # lines stay in place under the sort, so the i-th sorted token of a line has rank i
-    if not spec.whole_word:
-        chosen_sorted = rank < k
-    else:
-        unit_s = unit[order]
-        new_unit = np.r_[True, unit_s[1:] != unit_s[:-1]]
-        c = np.maximum.accumulate(np.where(new_unit, np.arange(n), 0)) - starts  # tokens ranked before the unit
-        unit_len = np.bincount(unit)[unit_s]
-        room = k - c
-        room_share = (score[order] & np.uint64(0xFFFFFF)).astype(np.float64) / float(1 << 24)
-        chosen_sorted = (room >= unit_len) | ((room > 0) & ((c == 0) | (room_share < room / unit_len)))
-    chosen = np.empty(n, dtype=bool)
-    chosen[order] = chosen_sorted
-    chosen &= ok
-
-    labels = np.where(chosen, ids, IGNORE).astype(np.int32)
-    out = ids.astype(np.int32, copy=True)
-    where = np.flatnonzero(chosen)
-    with np.errstate(over="ignore"):
-        h_rep = mix64((h_tok[where] ^ _S_REPLACE) + pos[where].astype(np.uint64) * _GOLDEN)
-    r = _unit(h_rep)
-    out[where[r < spec.mask_replace]] = spec.mask_id
-    to_random = (r >= spec.mask_replace) & (r < spec.mask_replace + spec.random_replace)
-    pick = (_unit(mix64(h_rep[to_random])) * len(spec.random_ids)).astype(np.int64)
-    out[where[to_random]] = spec.random_ids[pick]
-    return out, labels
+    return LineBatch(ids, offsets, spec, word_ids).mask(lines, copy, seed)
 
 
 def flat(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

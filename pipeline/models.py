@@ -16,9 +16,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
+
+if TYPE_CHECKING:  # the model classes cost a second or two to import; a stage that only tokenizes never needs them
+    import torch
+    from transformers import PreTrainedModel
 
 hf_logging.disable_progress_bar()  # one bar per weight file is noise in a stage log
 hf_logging.set_verbosity_error()  # missing-head warnings are returned by load_masked_lm instead
@@ -119,11 +124,15 @@ def load_tokenizer(name: str, trust: Trust = SAFE) -> PreTrainedTokenizerBase:
 
 
 def load_encoder(name: str, trust: Trust = SAFE) -> PreTrainedModel:
+    from transformers import AutoModel
+
     return _load(AutoModel, name, trust)
 
 
 def load_masked_lm(name: str, trust: Trust = SAFE) -> tuple[PreTrainedModel, list[str]]:
     """The model with an MLM head, and the names of head weights the checkpoint lacked (freshly initialised)."""
+    from transformers import AutoModelForMaskedLM
+
     model, info = _load(AutoModelForMaskedLM, name, trust, output_loading_info=True)
     head_missing = sorted(k for k in info["missing_keys"] if not k.startswith(model.base_model_prefix + "."))
     return model, head_missing
@@ -177,4 +186,6 @@ def head_parameters(model: PreTrainedModel) -> list[torch.nn.Parameter]:
 
 def set_threads(threads: int) -> None:
     if threads > 0:
+        import torch
+
         torch.set_num_threads(threads)

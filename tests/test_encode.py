@@ -15,10 +15,10 @@ import pytest
 
 from pipeline.config import MaskParams, SplitParams
 from pipeline.corpus import split_corpus
-from pipeline.encode import DYNAMIC_SCHEMA, MASKED_SCHEMA, mask_corpus, mask_spec, specials_per_line, tokenize_lines
+from pipeline.encode import DYNAMIC_SCHEMA, MASKED_SCHEMA, mask_corpus, mask_spec, specials_per_line, tokenize_shards
 from pipeline.masking import IGNORE, MaskSpec, mask_batch
 from pipeline.models import load_tokenizer
-from pipeline.shards import read_shards
+from pipeline.shards import read_shards, shard_paths
 from tests.conftest import DEMO_CORPUS
 
 MAX_LEN = 32
@@ -214,7 +214,7 @@ def test_byte_identical_across_runs_and_process_counts(work):
 def test_two_processes_really_tokenize_in_parallel(work, tmp_path):
     _, lines_dir, tokenizer, _ = work
     params = MaskParams(max_seq_len=MAX_LEN, num_proc=2)
-    shards = list(tokenize_lines(lines_dir, "train", tokenizer, params, tmp_path))
+    shards = list(tokenize_shards(shard_paths(lines_dir, "train"), tokenizer, params, tmp_path))
     assert len(shards) == len(list(lines_dir.glob("train-*.arrow")))
     # a shard of >= 1,000 lines is split between the two workers, each writing its own cache file
     assert [len(files) for n, files in shards] == [2 if n >= 1000 else 1 for n, _ in shards]
