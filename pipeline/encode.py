@@ -95,8 +95,8 @@ def tokenize_shards(paths: list[Path], tokenizer, params: MaskParams, cache_dir:
     """Tokenize line shards, in order, into Arrow stream files in cache_dir.
 
     Yields (rows, files) per line shard. The next shard is tokenized (in a thread driving the worker
-    processes) while the caller masks the current one, so masking costs no extra wall time; pass every shard
-    of every split in one call, so that the workers keep going from the last train shard into the first val one."""
+    processes) while the caller masks the current one, so masking overlaps tokenizing; pass every shard of
+    every split in one call, so that the workers keep going from the last train shard into the first val one."""
     datasets.disable_progress_bars()
     encoder = Encoder(tokenizer, params.max_seq_len, word_ids)
     procs = num_proc(params)

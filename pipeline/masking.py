@@ -142,10 +142,10 @@ class LineBatch:
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray, spec: MaskSpec, word_ids: np.ndarray | None = None):
         self.ids = np.asarray(ids)
-        self.offsets = offsets = np.asarray(offsets, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
         self.spec = spec
         n_lines, n = len(offsets) - 1, len(self.ids)
-        self.lengths = lengths = np.diff(offsets)
+        lengths = np.diff(offsets)
         if n_lines >= 1 << 24 or (n_lines and lengths.max() > 1 << 12):
             raise ValueError(f"mask_lines: at most {1 << 24} lines of at most {1 << 12} tokens in one batch")
         self.line_of = line_of = np.repeat(np.arange(n_lines, dtype=np.int64), lengths)

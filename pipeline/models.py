@@ -15,13 +15,14 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-if TYPE_CHECKING:  # the model classes cost a second or two to import; a stage that only tokenizes never needs them
+# The model classes cost a second or two to import: they are imported where a model loads, so a stage that
+# only tokenizes never pays for them. Here they are only annotations.
+if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
